@@ -12,7 +12,7 @@ from .random import get_generator, manual_seed
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "gradcheck": "gradcheck",
+    "gradcheck": "gradient_check",
     "save": "io.checkpoint",
     "load": "io.checkpoint",
 }

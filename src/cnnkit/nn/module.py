@@ -88,7 +88,14 @@ class Module:
     ``parameters()`` and ``state_dict()`` keys come out exactly as PyTorch would give them.
 
     Subclasses implement ``forward(x)`` and ``backward(grad_out)``.
+
+    ``needs_input_grad`` (default True): when a container sets it False on a layer (the
+    first layer of a network needs no input gradient), a layer that supports it skips
+    computing ``grad_in`` and returns None from ``backward``; parameter gradients are
+    still computed.
     """
+
+    needs_input_grad: bool = True
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())

@@ -1,0 +1,192 @@
+"""The ``cnnkit`` command.
+
+Subcommands::
+
+    cnnkit train --model fashion_cnn --dataset fashion-mnist --out runs/fmnist   # preset defaults
+    cnnkit train --out runs/fmnist --resume                                     # continue a run
+    cnnkit evaluate runs/fmnist [--dataset fashion-mnist]
+    cnnkit summary fashion_cnn [--input-shape 1,28,28]
+    cnnkit datasets
+    cnnkit predict ... / cnnkit finetune ...   (cnnkit.predict / cnnkit.finetune)
+
+Errors a user can cause (unknown model or dataset, missing files, bad settings) are printed
+as one ``cnnkit: error: ...`` line with exit code 2, not a traceback (set CNNKIT_DEBUG=1 for
+the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib import import_module
+
+from . import __version__
+
+EXIT_INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
+
+
+class UserError(Exception):
+    """An error caused by the command's input: printed without a traceback."""
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 1,28,28, got {text!r}") from None
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W with positive sizes, got {text!r}")
+    return dims
+
+
+def _add_train(sub) -> None:
+    from .models import names
+    from .presets import DATASETS, DEFAULT_PRESET, MODEL_PRESETS
+
+    presets_text = "; ".join(
+        f"{m}: " + ", ".join(f"{k}={v}" for k, v in p.items()) for m, p in MODEL_PRESETS.items())
+    p = sub.add_parser(
+        "train", help="train a zoo model on a dataset (checkpoints, metrics, plots into --out)",
+        description="Train a model. Settings not given come from the model's preset "
+                    f"({presets_text}; other models: "
+                    + ", ".join(f"{k}={v}" for k, v in DEFAULT_PRESET.items()) + ").",
+    )
+    p.add_argument("--model", help=f"zoo model: {', '.join(names())}")
+    p.add_argument("--dataset", help=f"dataset: {', '.join(DATASETS)}")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, metrics.json, history.csv, PNGs)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--lr", type=float, help="learning rate (the peak lr for --scheduler onecycle)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--momentum", type=float, help="SGD momentum (Nesterov when > 0)")
+    p.add_argument("--scheduler", choices=["onecycle", "cosine", "step", "none"])
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crops (+ horizontal flips where they keep the label)")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--val-fraction", type=float, help="share of the training set held out for validation")
+    p.add_argument("--seed", type=int, help="seed of everything random (default 0)")
+    p.add_argument("--limit-train", type=int, help="train on a random subset of N images (quick tests)")
+    p.add_argument("--limit-test", type=int, help="test on a random subset of N images")
+    p.add_argument("--data-root", help="extra folder to look for datasets in (also: $CNNKIT_DATA)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bar")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from . import runner
+
+    given = {k: getattr(args, k, None) for k in runner.RUN_KEYS}
+    if args.resume:
+        config = runner.resume_config(args.out, given)
+    else:
+        config = runner.resolve_config(given)
+    result = runner.run_train(config, args.out, resume=args.resume, data_root=args.data_root,
+                              verbose=0 if args.quiet else 1)
+    return EXIT_INTERRUPTED if result.get("interrupted") else 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="test accuracy, loss and per-class metrics of a checkpoint or run folder")
+    p.add_argument("target", help="a .safetensors checkpoint or a `cnnkit train` output folder")
+    p.add_argument("--dataset", help="default: the dataset recorded in the checkpoint")
+    p.add_argument("--limit-test", type=int)
+    p.add_argument("--data-root")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> int:
+    from .runner import run_evaluate
+
+    run_evaluate(args.target, args.dataset, args.limit_test, args.data_root)
+    return 0
+
+
+def _add_summary(sub) -> None:
+    from .models import names
+
+    p = sub.add_parser("summary", help="layer table of a zoo model (output shapes, parameter counts)")
+    p.add_argument("name", help=f"zoo model: {', '.join(names())}")
+    p.add_argument("--input-shape", type=_shape, default=None,
+                   help="C,H,W of one input (default 1,28,28; 3,224,224 for ImageNet models)")
+    p.add_argument("--num-classes", type=int)
+    p.set_defaults(func=_cmd_summary)
+
+
+_IMAGENET_MODELS = ("vgg", "resnet", "squeezenet", "efficientnet")
+
+
+def _cmd_summary(args) -> int:
+    from .models import names
+    from .runner import build_model
+
+    if args.name not in names():
+        raise UserError(f"unknown model {args.name!r}; available models: {', '.join(names())}")
+    shape = args.input_shape
+    if shape is None:
+        shape = (3, 224, 224) if args.name.startswith(_IMAGENET_MODELS) else (1, 28, 28)
+    if args.num_classes is None:
+        model = build_model(args.name, 1000 if shape[1:] == (224, 224) else 10, list(shape))
+    else:
+        model = build_model(args.name, args.num_classes, list(shape))
+    model.summary(shape)
+    return 0
+
+
+def _add_datasets(sub) -> None:
+    p = sub.add_parser("datasets", help="which datasets are found where")
+    p.add_argument("--data-root")
+    p.set_defaults(func=_cmd_datasets)
+
+
+def _cmd_datasets(args) -> int:
+    from .data import datasets_report
+
+    print(datasets_report(args.data_root))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnkit", description="Convolutional neural networks from scratch on NumPy.")
+    parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_summary(sub)
+    _add_datasets(sub)
+    for module in ("predict", "finetune"):  # engineer F2's subcommands
+        try:
+            mod = import_module(f"cnnkit.{module}")
+        except ImportError as exc:
+            if exc.name is not None and exc.name != f"cnnkit.{module}":
+                raise
+            continue  # not written yet; the other subcommands still work
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``cnnkit`` command; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("cnnkit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UserError, ValueError, KeyError, OSError) as exc:
+        if os.environ.get("CNNKIT_DEBUG"):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"cnnkit: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""What built-in datasets are available where: the data behind ``cnnkit datasets``."""
+
+from __future__ import annotations
+
+import os
+
+from .cifar import CIFAR10
+from .locate import cache_dir, describe_places, locate
+from .mnist import MNIST, FashionMNIST
+
+BUILTIN = {cls.NAME: cls for cls in (FashionMNIST, MNIST, CIFAR10)}
+
+
+def find_datasets(root: str | os.PathLike | None = None) -> list[dict]:
+    """For each built-in dataset and split, the folder it would be loaded from (no files are read).
+
+    Args:
+        root: an extra folder to search first, as the ``root`` argument of the datasets does.
+
+    Returns:
+        one dict per (dataset, split): ``{"name", "title", "split", "path" (str or None),
+        "searched" (list of [label, folder or None]), "download_to" (str)}``.
+    """
+    rows = []
+    for name, cls in BUILTIN.items():
+        for train in (True, False):
+            folder, places = locate(name, lambda f, c=cls, t=train: c.is_complete(f, t), root)
+            rows.append({
+                "name": name, "title": cls.TITLE, "split": "train" if train else "test",
+                "path": None if folder is None else str(folder),
+                "searched": [[label, None if p is None else str(p)] for label, p in places],
+                "download_to": str(cache_dir(name)),
+            })
+    return rows
+
+
+def datasets_report(root: str | os.PathLike | None = None) -> str:
+    """``find_datasets()`` as readable text: one line per split, then where cnnkit looks."""
+    rows = find_datasets(root)
+    lines = []
+    for r in rows:
+        where = r["path"] or f"not found (download=True fetches it into {r['download_to']})"
+        lines.append(f"{r['name']:<14} {r['split']:<5}  {where}")
+    lines.append("Searched, in order (first complete folder wins):")
+    for name, cls in BUILTIN.items():
+        _, places = locate(name, lambda f: False, root)
+        lines.append(f" {name}:")
+        lines.append(describe_places(places))
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""Find a dataset's files, or download them, or fail with one message that says it all."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from .errors import DatasetNotFoundError, DownloadError
+from .locate import cache_dir, describe_places, locate
+
+
+def find_file(folder: Path, filename: str) -> Path | None:
+    """``folder/filename``, or its uncompressed twin (``x.gz`` -> ``x``) if only that exists."""
+    for candidate in (folder / filename, folder / filename.removesuffix(".gz")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_dataset(name: str, title: str, is_complete: Callable[[Path], bool], *,
+                    root: str | os.PathLike | None, download: bool,
+                    download_into: Callable[[Path], None], urls: list[str], needed: list[str],
+                    hint: str = "") -> Path:
+    """The folder holding a complete copy of a dataset split.
+
+    Searches the places of ``cnnkit.data.locate`` in order; if none is complete and ``download``
+    is true, calls ``download_into(cache folder)``. Otherwise raises ``DatasetNotFoundError``
+    listing every place searched, why the download did not happen, and how to get the data.
+    """
+    folder, places = locate(name, is_complete, root)
+    if folder is not None:
+        return folder
+    cache = cache_dir(name)
+    if download:
+        try:
+            download_into(cache)
+        except DownloadError as e:
+            reason = f"download failed: {e}"
+        else:
+            if is_complete(cache):
+                return cache
+            reason = f"download finished but {cache} is still incomplete"
+    else:
+        reason = "download=False, so nothing was downloaded"
+    places_text = describe_places(places)
+    files = ", ".join(needed)
+    msg = (f"{title} not found. Looked for {files} in, in order:\n{places_text}\n"
+           f"Then: {reason} (from {', '.join(urls)}).\n"
+           f"To get the data: {hint + ', or ' if hint else ''}put the files in "
+           f"$CNNKIT_DATA/{name} (or pass root=...), or run with download=True and network access "
+           f"(files are saved to {cache}).")
+    raise DatasetNotFoundError(msg)

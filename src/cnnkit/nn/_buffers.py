@@ -1,0 +1,60 @@
+"""Reusable scratch memory for the convolution kernels.
+
+Why: an im2col matrix is tens to hundreds of MB at batch 256. Allocating a fresh one on
+every call makes the C library ``mmap`` new pages and the kernel zero-fill them on first
+touch, which costs more than the copy itself. A scratch buffer that lives across steps
+is touched once.
+
+Only *temporaries* (arrays that do not outlive the kernel call that asked for them) come
+from here; outputs and anything kept for ``backward`` are ordinary fresh arrays, so a
+caller can never see one of its results overwritten by a later call.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+class Workspace:
+    """Named, growable flat scratch buffers, one per (name, dtype) and per thread.
+
+    ``get(name, shape, dtype)`` returns a C-contiguous view of the named buffer (its
+    contents are garbage). Two views with the same name alias each other, so a kernel
+    uses distinct names for temporaries that are alive at the same time.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _store(self) -> dict:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = {}
+        return store
+
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        size = 1
+        for s in shape:
+            size *= int(s)
+        store = self._store()
+        key = (name, dtype.str)
+        buf = store.get(key)
+        if buf is None or buf.size < size:
+            buf = np.empty(size, dtype=dtype)
+            store[key] = buf
+        return buf[:size].reshape(shape)
+
+    def nbytes(self) -> int:
+        """Bytes held by this thread's buffers (for memory reports)."""
+        return sum(b.nbytes for b in self._store().values())
+
+    def clear(self) -> None:
+        """Drop this thread's buffers (they are re-created on demand)."""
+        self._store().clear()
+
+
+#: The scratch memory shared by every convolution in the process.
+workspace = Workspace()

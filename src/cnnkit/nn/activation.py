@@ -1,0 +1,227 @@
+"""Element-wise activations and (log-)softmax, each with its hand-written gradient.
+
+Every activation keeps the input's dtype (float32 in, float32 out) and caches only what its
+backward needs (a mask or its own output).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .module import Module
+
+__all__ = ["ReLU", "ReLU6", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
+           "softmax", "log_softmax", "sigmoid"]
+
+
+def _as_float(layer: Module, x) -> np.ndarray:
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{layer._short_name()}: expected a floating-point input array, got dtype {x.dtype}")
+    return x
+
+
+def _check_dim(layer: Module, x: np.ndarray, dim: int) -> int:
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"{layer._short_name()}: dim {dim} is out of range for an input with shape {x.shape}")
+    return dim % x.ndim
+
+
+def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable log-softmax along ``axis`` (x - max - log(sum(exp(x - max))))."""
+    shifted = x - x.max(axis=axis, keepdims=True)
+    # exp of the shifted values is <= 1, so the sum cannot overflow.
+    shifted -= np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    return shifted
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax along ``axis``."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) without overflow for large |x|; keeps the dtype."""
+    e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
+    return (np.where(x >= 0, 1, e) / (1 + e)).astype(x.dtype, copy=False)
+
+
+class _Activation(Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache = None
+
+    def _grad(self, grad_out: np.ndarray, cache) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        cache = self._need_cache(self._cache)
+        if not self.needs_input_grad:
+            return None
+        return self._grad(grad_out, cache)
+
+
+class ReLU(_Activation):
+    """max(x, 0).
+
+    Args:
+        inplace: accepted for PyTorch compatibility and ignored (a new array is returned).
+
+    Shape:
+        any -> same.
+    """
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_float(self, x)
+        self._cache = x > 0
+        return np.maximum(x, 0)  # a Python 0 keeps the input's dtype (NEP 50)
+
+    def _grad(self, grad_out, mask):
+        return grad_out * mask
+
+
+class ReLU6(_Activation):
+    """min(max(x, 0), 6).
+
+    Args:
+        inplace: accepted for PyTorch compatibility and ignored.
+
+    Shape:
+        any -> same.
+    """
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_float(self, x)
+        self._cache = (x > 0) & (x < 6)
+        return np.clip(x, 0, 6)
+
+    def _grad(self, grad_out, mask):
+        return grad_out * mask
+
+
+class LeakyReLU(_Activation):
+    """x for x > 0, negative_slope * x otherwise.
+
+    Args:
+        negative_slope: slope for negative inputs (default 0.01).
+        inplace: accepted for PyTorch compatibility and ignored.
+
+    Shape:
+        any -> same.
+    """
+
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_float(self, x)
+        mask = x > 0
+        self._cache = mask
+        return np.where(mask, x, x * x.dtype.type(self.negative_slope))
+
+    def _grad(self, grad_out, mask):
+        return np.where(mask, grad_out, grad_out * grad_out.dtype.type(self.negative_slope))
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class Sigmoid(_Activation):
+    """1 / (1 + exp(-x)), computed without overflow for large |x|.
+
+    Shape:
+        any -> same.
+    """
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out = sigmoid(_as_float(self, x))
+        self._cache = out
+        return out
+
+    def _grad(self, grad_out, out):
+        return grad_out * out * (1 - out)
+
+
+class Tanh(_Activation):
+    """Hyperbolic tangent.
+
+    Shape:
+        any -> same.
+    """
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out = np.tanh(_as_float(self, x))
+        self._cache = out
+        return out
+
+    def _grad(self, grad_out, out):
+        return grad_out * (1 - out * out)
+
+
+class Softmax(_Activation):
+    """exp(x) / sum(exp(x)) along ``dim`` (max-shifted, so it never overflows).
+
+    Args:
+        dim: the dimension that sums to 1 (e.g. 1 for (N, C) logits or -1).
+
+    Shape:
+        any -> same.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = int(dim)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_float(self, x)
+        axis = _check_dim(self, x, self.dim)
+        out = softmax(x, axis)
+        self._cache = (out, axis)
+        return out
+
+    def _grad(self, grad_out, cache):
+        out, axis = cache
+        # d softmax: s * (g - sum(g * s))
+        return out * (grad_out - (grad_out * out).sum(axis=axis, keepdims=True))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(_Activation):
+    """log(softmax(x)) along ``dim``, computed stably as x - logsumexp(x).
+
+    Args:
+        dim: the dimension normalised over.
+
+    Shape:
+        any -> same.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = int(dim)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_float(self, x)
+        axis = _check_dim(self, x, self.dim)
+        out = log_softmax(x, axis)
+        self._cache = (out, axis)
+        return out
+
+    def _grad(self, grad_out, cache):
+        out, axis = cache
+        # d log_softmax: g - softmax * sum(g)
+        return grad_out - np.exp(out) * grad_out.sum(axis=axis, keepdims=True)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"

@@ -1,0 +1,289 @@
+"""Containers: the chain rule over child modules (there is no autograd engine).
+
+- ``Sequential`` runs children in order and their backward passes in reverse.
+- ``Concat`` feeds the same input to parallel branches and joins their outputs along a
+  dimension; backward splits the gradient and sums the branches' input gradients.
+- ``Residual`` returns ``body(x) + shortcut(x)``; backward adds both input gradients.
+
+``needs_input_grad``: when a container's flag is False (nothing before it needs a gradient,
+e.g. the first block of a network or a frozen backbone), it passes the flag on to the
+children that receive its input, and its backward returns None. In backward it also skips
+children that have no trainable parameter and whose input gradient nobody needs (a frozen
+prefix of a ``Sequential``), which makes fine-tuning a frozen backbone cheap.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .module import Module
+
+__all__ = ["Sequential", "Concat", "Residual"]
+
+
+def _has_trainable(module: Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _backward_child(module: Module, grad: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
+    """``module.backward(grad)``; when no input gradient is needed, only parameter
+    gradients are computed (and nothing at all when the module is frozen)."""
+    if need_input_grad:
+        return module.backward(grad)
+    if not _has_trainable(module):
+        return None
+    if not module.needs_input_grad:
+        module.backward(grad)
+        return None
+    module.needs_input_grad = False
+    try:
+        module.backward(grad)
+    finally:
+        module.needs_input_grad = True
+    return None
+
+
+def _check_module(owner: str, m, where: str) -> Module:
+    if not isinstance(m, Module):
+        raise TypeError(f"{owner}: {where} must be a cnnkit.nn.Module, got {type(m).__name__}")
+    return m
+
+
+class _Container(Module):
+    """Shared ``needs_input_grad`` handling: the flag is passed on to ``_input_children()``."""
+
+    def _input_children(self) -> list[Module]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def needs_input_grad(self) -> bool:
+        return self.__dict__.get("_needs_input_grad", True)
+
+    @needs_input_grad.setter
+    def needs_input_grad(self, value: bool) -> None:
+        # Propagated both ways: a container that must return an input gradient needs it
+        # from the children that saw its input.
+        self.__dict__["_needs_input_grad"] = bool(value)
+        for child in self._input_children():
+            child.needs_input_grad = bool(value)
+
+
+class Sequential(_Container):
+    """Run modules one after another.
+
+    Args:
+        *modules: the layers, in order (keys ``0``, ``1``, ... in ``state_dict``), or one
+            ``OrderedDict`` name -> module (keys ``name.weight``).
+
+    Shape:
+        input of the first module -> output of the last (an empty Sequential is the identity).
+
+    Example::
+
+        model = Sequential(Conv2d(1, 8, 3), ReLU(), Flatten(), Linear(8 * 26 * 26, 10))
+        model[0]        # the Conv2d; model[1:] is a Sequential of the rest
+        model.append(Softmax(dim=1))
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (OrderedDict, dict)):
+            for name, m in modules[0].items():
+                self.add_module(str(name), _check_module("Sequential", m, f"entry {name!r}"))
+        else:
+            for i, m in enumerate(modules):
+                self.add_module(str(i), _check_module("Sequential", m, f"argument {i}"))
+
+    def _input_children(self) -> list[Module]:
+        first = next(iter(self), None)
+        return [] if first is None else [first]
+
+    # ------------------------------------------------------------------ list-like access
+    def _key(self, idx: int) -> str:
+        n = len(self._modules)
+        if not -n <= idx < n:
+            raise IndexError(f"Sequential: index {idx} is out of range for {n} modules")
+        return list(self._modules)[idx % n]
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return Sequential(OrderedDict(list(self._modules.items())[idx]))
+        if isinstance(idx, str):
+            return self._modules[idx]
+        return self._modules[self._key(int(idx))]
+
+    def __setitem__(self, idx: int, module: Module) -> None:
+        key = self._key(int(idx))
+        self._modules[key] = _check_module("Sequential", module, "the new item")
+        if key == next(iter(self._modules)):
+            module.needs_input_grad = self.needs_input_grad
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(m for m in self._modules.values() if m is not None)
+
+    def append(self, module: Module) -> "Sequential":
+        """Add ``module`` at the end (key ``str(len(self))``); returns self."""
+        self.add_module(str(len(self)), _check_module("Sequential", module, "append() argument"))
+        if len(self) == 1:
+            module.needs_input_grad = self.needs_input_grad
+        return self
+
+    def extend(self, modules: Iterable[Module]) -> "Sequential":
+        for m in modules:
+            self.append(m)
+        return self
+
+    # ------------------------------------------------------------------ running
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        for m in self:
+            x = m(x)
+        return x
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        children = list(self)
+        need = self.needs_input_grad
+        start = 0
+        if not need:
+            # Leading children without trainable parameters need no backward at all.
+            while start < len(children) and not _has_trainable(children[start]):
+                start += 1
+        g = grad_out
+        for i in range(len(children) - 1, start - 1, -1):
+            child_needs = need or i > start
+            g = _backward_child(children[i], g, child_needs)
+            if child_needs and g is None and i > 0:
+                raise RuntimeError(
+                    f"Sequential: layer {list(self._modules)[i]} ({type(children[i]).__name__}) returned "
+                    f"no input gradient (its needs_input_grad is False) but earlier layers need one"
+                )
+        return g if need else None
+
+
+class Concat(_Container):
+    """Parallel branches on the same input, outputs concatenated along ``dim``.
+
+    Args:
+        *branches: modules applied to the same input (keys ``0``, ``1``, ... in ``state_dict``),
+            or one ``OrderedDict`` name -> module.
+        dim: the dimension to concatenate along (default 1, channels of NCHW).
+
+    Shape:
+        every branch's output must agree on every dimension except ``dim``;
+        output size along ``dim`` is the sum of the branches'.
+
+    Backward splits the upstream gradient along ``dim`` and sums the input gradients the
+    branches return (the input fed all of them).
+    """
+
+    def __init__(self, *branches, dim: int = 1):
+        super().__init__()
+        if len(branches) == 1 and isinstance(branches[0], (OrderedDict, dict)):
+            items = [(str(k), v) for k, v in branches[0].items()]
+        else:
+            items = [(str(i), b) for i, b in enumerate(branches)]
+        if not items:
+            raise ValueError("Concat: needs at least one branch")
+        for name, b in items:
+            self.add_module(name, _check_module("Concat", b, f"branch {name}"))
+        self.dim = int(dim)
+        self._cache = None
+
+    def _input_children(self) -> list[Module]:
+        return list(self)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(m for m in self._modules.values() if m is not None)
+
+    def __getitem__(self, idx: int) -> Module:
+        return list(self)[idx]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        outs = [b(x) for b in self]
+        nd = outs[0].ndim
+        if not -nd <= self.dim < nd:
+            raise ValueError(f"Concat: dim {self.dim} is out of range for branch outputs with {nd} dimensions")
+        axis = self.dim % nd
+        ref = outs[0].shape
+        for i, o in enumerate(outs):
+            if o.ndim != nd or o.shape[:axis] + o.shape[axis + 1:] != ref[:axis] + ref[axis + 1:]:
+                shapes = ", ".join(str(o.shape) for o in outs)
+                raise ValueError(
+                    f"Concat: branch outputs must match except along dim {self.dim}; got shapes {shapes}"
+                )
+        sizes = [o.shape[axis] for o in outs]
+        self._cache = (axis, sizes)
+        return np.concatenate(outs, axis=axis)
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        axis, sizes = self._need_cache(self._cache)
+        need = self.needs_input_grad
+        pieces = np.split(grad_out, np.cumsum(sizes)[:-1], axis=axis)
+        total = None
+        for branch, g in zip(self, pieces):
+            gi = _backward_child(branch, g, need)
+            if gi is None:
+                continue
+            # Never in place: a branch may hand back a view of grad_out (e.g. Identity).
+            total = gi if total is None else total + gi
+        return total if need else None
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Residual(_Container):
+    """``body(x) + shortcut(x)``; the shortcut is the identity when None (ResNet's skip).
+
+    Args:
+        body: the main branch.
+        shortcut: a module with the same output shape as ``body`` (e.g. a 1x1 Conv2d with
+            stride for downsampling), or None for the identity.
+
+    Shape:
+        input -> body's output shape (which must equal the shortcut's).
+
+    ``state_dict`` keys are ``body.*`` and ``shortcut.*``.
+    """
+
+    def __init__(self, body: Module, shortcut: Module | None = None):
+        super().__init__()
+        self.body = _check_module("Residual", body, "body")
+        if shortcut is not None:
+            self.shortcut = _check_module("Residual", shortcut, "shortcut")
+        else:
+            self.shortcut = None
+
+    def _input_children(self) -> list[Module]:
+        return list(self.children())
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out = self.body(x)
+        skip = x if self.shortcut is None else self.shortcut(x)
+        if out.shape != skip.shape:
+            which = "input" if self.shortcut is None else "shortcut output"
+            raise ValueError(
+                f"Residual: body output shape {out.shape} does not match {which} shape {skip.shape}"
+                + ("; pass a shortcut module (e.g. a 1x1 Conv2d) to change the shape"
+                   if self.shortcut is None else "")
+            )
+        return out + skip
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        need = self.needs_input_grad
+        g_body = _backward_child(self.body, grad_out, need)
+        if self.shortcut is None:
+            g_skip = grad_out if need else None
+        else:
+            g_skip = _backward_child(self.shortcut, grad_out, need)
+        if not need:
+            return None
+        return g_body + g_skip  # a new array: grad_out is never written

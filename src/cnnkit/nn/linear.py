@@ -1,0 +1,163 @@
+"""Linear (fully connected) layer, Flatten and Identity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import init
+from .module import DEFAULT_DTYPE, Module, Parameter
+
+__all__ = ["Linear", "Flatten", "Identity"]
+
+
+def _check_float(layer: Module, x: np.ndarray) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(
+            f"{layer._short_name()}: expected a floating-point input array, got dtype {x.dtype} "
+            f"(convert images with x.astype(np.float32) / 255)"
+        )
+    return x
+
+
+class Linear(Module):
+    """Fully connected layer: ``y = x @ weight.T + bias``.
+
+    Args:
+        in_features: size of the last input dimension.
+        out_features: size of the last output dimension.
+        bias: learn an additive bias (default True).
+        generator: optional ``numpy.random.Generator`` for the initialisation (default: cnnkit's
+            global generator). Initialisation is PyTorch's: weight ~ kaiming_uniform(a=sqrt(5)),
+            i.e. U(-1/sqrt(in_features), 1/sqrt(in_features)), and bias ~ the same range.
+
+    Shape:
+        input (*, in_features) -> output (*, out_features); any leading dimensions.
+        weight (out_features, in_features), bias (out_features,), float32.
+
+    Returns:
+        ``forward`` returns an array of the weight's dtype (an input of another floating dtype
+        is cast once to it, never the other way, so a float32 model stays float32).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 generator: np.random.Generator | None = None):
+        super().__init__()
+        if int(in_features) <= 0 or int(out_features) <= 0:
+            raise ValueError(
+                f"Linear: in_features and out_features must be positive, got {in_features}, {out_features}"
+            )
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.weight = Parameter(np.empty((self.out_features, self.in_features), DEFAULT_DTYPE))
+        if bias:
+            self.bias = Parameter(np.empty((self.out_features,), DEFAULT_DTYPE))
+        else:
+            self.bias = None
+        self.reset_parameters(generator)
+        self._cache = None
+
+    def reset_parameters(self, generator: np.random.Generator | None = None) -> None:
+        """Re-draw weight and bias with PyTorch's default scheme."""
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5), generator=generator)
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            init.uniform_(self.bias, -bound, bound, generator=generator)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _check_float(self, x)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{self._short_name()}: expected input with last dimension {self.in_features}, "
+                f"got shape {x.shape}"
+            )
+        w = self.weight.data
+        x = x.astype(w.dtype, copy=False)
+        out = x @ w.T
+        if self.bias is not None:
+            out += self.bias.data
+        self._cache = x
+        return out
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        x = self._need_cache(self._cache)
+        w = self.weight.data
+        g2 = grad_out.reshape(-1, self.out_features)
+        if self.weight.requires_grad:
+            gw = g2.T @ x.reshape(-1, self.in_features)
+            self.weight.accumulate_grad(gw)
+        if self.bias is not None and self.bias.requires_grad:
+            self.bias.accumulate_grad(g2.sum(axis=0))
+        if not self.needs_input_grad:
+            return None
+        return grad_out @ w
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Flatten(Module):
+    """Flatten dimensions ``start_dim`` .. ``end_dim`` into one (a view when possible).
+
+    Args:
+        start_dim: first dimension to flatten (default 1, keeping the batch dimension).
+        end_dim: last dimension to flatten (default -1).
+
+    Shape:
+        (N, C, H, W) -> (N, C*H*W) with the defaults.
+    """
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        super().__init__()
+        self.start_dim = int(start_dim)
+        self.end_dim = int(end_dim)
+        self._cache = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        nd = x.ndim
+        s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
+        e = self.end_dim + nd if self.end_dim < 0 else self.end_dim
+        if not (0 <= s < max(nd, 1) and 0 <= e < max(nd, 1)) or s > e:
+            raise ValueError(
+                f"{self._short_name()}: cannot flatten dims {self.start_dim}..{self.end_dim} "
+                f"of an input with shape {x.shape}"
+            )
+        self._cache = x.shape
+        if nd == 0:
+            return x.reshape(1)
+        new_shape = x.shape[:s] + (-1 if x.size else int(np.prod(x.shape[s:e + 1])),) + x.shape[e + 1:]
+        return x.reshape(new_shape)
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        shape = self._need_cache(self._cache)
+        if not self.needs_input_grad:
+            return None
+        return grad_out.reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Identity(Module):
+    """Returns its input unchanged; backward returns the upstream gradient unchanged.
+
+    Any constructor arguments are accepted and ignored (as in PyTorch), so it can stand in
+    for another layer.
+
+    Shape:
+        any -> same.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
+        # The same array is returned: callers must not write into a gradient they receive.
+        return grad_out if self.needs_input_grad else None

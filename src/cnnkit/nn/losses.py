@@ -1,0 +1,352 @@
+"""Loss functions with PyTorch's formulas, each with a hand-written gradient.
+
+Usage::
+
+    loss_fn = CrossEntropyLoss()
+    value = loss_fn(logits, labels)   # a Python float ('mean' / 'sum') or an array ('none')
+    grad = loss_fn.backward()         # d value / d logits, same shape and dtype as logits
+    model.backward(grad)
+
+For ``reduction='none'``, ``backward(grad)`` takes the upstream gradient of the per-element
+losses (default: ones). For 'mean' / 'sum' an optional scalar multiplier may be given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .activation import log_softmax, sigmoid
+from .module import Module
+
+__all__ = ["CrossEntropyLoss", "MSELoss", "L1Loss", "BCEWithLogitsLoss"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class _Loss(Module):
+    """Base: ``__call__(pred, target)`` runs ``forward``; ``backward(grad=None)`` -> d/d pred."""
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"{type(self).__name__}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+        self._cache = None
+
+    def __call__(self, pred: np.ndarray, target: np.ndarray):
+        return self.forward(pred, target)
+
+    def _pred(self, pred) -> np.ndarray:
+        pred = np.asarray(pred)
+        if not np.issubdtype(pred.dtype, np.floating):
+            raise TypeError(f"{type(self).__name__}: input (predictions) must be floating, got dtype {pred.dtype}")
+        return pred
+
+    def _same_shape_target(self, pred: np.ndarray, target) -> np.ndarray:
+        target = np.asarray(target)
+        if target.shape != pred.shape:
+            raise ValueError(
+                f"{type(self).__name__}: target shape {target.shape} does not match input shape {pred.shape}"
+            )
+        return target.astype(pred.dtype, copy=False)
+
+    def _reduce(self, loss: np.ndarray):
+        """The value returned to the user, and the scale d value / d loss_i (scalar)."""
+        if self.reduction == "none":
+            return loss, None
+        if self.reduction == "sum":
+            return float(loss.sum()), 1.0
+        return float(loss.mean()) if loss.size else float("nan"), 1.0 / max(loss.size, 1)
+
+    def _upstream(self, grad, loss_shape: tuple[int, ...], dtype) -> np.ndarray | float:
+        """Upstream gradient: an array of the loss's shape for 'none', else a scalar."""
+        if self.reduction == "none":
+            if grad is None:
+                return np.ones(loss_shape, dtype)
+            grad = np.asarray(grad, dtype=dtype)
+            if grad.shape != tuple(loss_shape):
+                raise ValueError(
+                    f"{type(self).__name__}(reduction='none').backward: grad must have the loss's shape "
+                    f"{tuple(loss_shape)}, got {grad.shape}"
+                )
+            return grad
+        if grad is None:
+            return 1.0
+        grad = np.asarray(grad)
+        if grad.size != 1:
+            raise ValueError(
+                f"{type(self).__name__}(reduction={self.reduction!r}).backward: grad must be a scalar, "
+                f"got shape {grad.shape}"
+            )
+        return float(grad.reshape(()))
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
+
+
+class CrossEntropyLoss(_Loss):
+    """Softmax cross-entropy on raw logits (log-softmax + negative log-likelihood), as PyTorch.
+
+    Args:
+        weight: optional per-class weights, shape (C,). With 'mean' the result is divided by
+            the sum of the weights of the targets (PyTorch's weighted mean).
+        reduction: 'mean' (default), 'sum' or 'none'.
+        label_smoothing: epsilon in [0, 1]: the target becomes (1 - eps) * one_hot + eps / C.
+        ignore_index: targets equal to this value contribute nothing (and are not counted in
+            the mean).
+
+    Shape:
+        input (N, C) or (N, C, d1, ...) logits, float; target (N,) or (N, d1, ...) integer class
+        indices in [0, C), or class probabilities of the same shape as input (float).
+        'none' returns (N,) or (N, d1, ...).
+
+    Returns:
+        ``loss(input, target)``: a Python float for 'mean' / 'sum', an array for 'none'.
+        ``loss.backward()``: d loss / d input, same shape and dtype as input.
+    """
+
+    def __init__(self, weight=None, reduction: str = "mean", label_smoothing: float = 0.0,
+                 ignore_index: int = -100):
+        super().__init__(reduction)
+        if not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
+        self.ignore_index = int(ignore_index)
+        if weight is not None:
+            weight = np.asarray(weight)
+            if weight.ndim != 1 or not np.issubdtype(weight.dtype, np.number):
+                raise ValueError(f"CrossEntropyLoss: weight must be a 1-D array of per-class weights, got shape {weight.shape}")
+            weight = weight.astype(np.float32 if weight.dtype != np.float64 else np.float64)
+        self.register_buffer("weight", weight)
+
+    def forward(self, pred: np.ndarray, target: np.ndarray):
+        pred = self._pred(pred)
+        if pred.ndim == 1:  # one unbatched sample (C,)
+            pred = pred[None]
+            target = np.asarray(target).reshape(1, *np.shape(target))
+            squeeze = True
+        else:
+            squeeze = False
+        if pred.ndim < 2:
+            raise ValueError(f"CrossEntropyLoss: input must be (N, C) or (N, C, d1, ...), got shape {pred.shape}")
+        n_classes = pred.shape[1]
+        target = np.asarray(target)
+        w = None
+        if self.weight is not None:
+            if self.weight.shape != (n_classes,):
+                raise ValueError(
+                    f"CrossEntropyLoss: weight has shape {self.weight.shape} but the input has {n_classes} classes"
+                )
+            w = self.weight.astype(pred.dtype, copy=False)
+        # Class axis last, so every row is one prediction; a view for (N, C) input.
+        z = np.moveaxis(pred, 1, -1).reshape(-1, n_classes)
+        logp = log_softmax(z, axis=-1)
+        eps = self.label_smoothing
+        if np.issubdtype(target.dtype, np.floating):
+            if target.shape != pred.shape:
+                raise TypeError(
+                    f"CrossEntropyLoss: target must hold integer class indices (int64) of shape "
+                    f"{pred.shape[:1] + pred.shape[2:]}, got float dtype {target.dtype} with shape "
+                    f"{target.shape} (float targets are class probabilities and need the input's shape "
+                    f"{pred.shape}); convert labels with target.astype(np.int64)"
+                )
+            loss, cache = self._forward_probs(logp, target, w, n_classes, eps)
+            loss_shape = pred.shape[:1] + pred.shape[2:]
+            denom = loss.size
+        elif np.issubdtype(target.dtype, np.integer):
+            expected = pred.shape[:1] + pred.shape[2:]
+            if target.shape != expected:
+                raise ValueError(
+                    f"CrossEntropyLoss: target shape {target.shape} does not match input shape {pred.shape}; "
+                    f"expected class indices of shape {expected}"
+                )
+            loss, cache, denom = self._forward_index(logp, target.reshape(-1), w, n_classes, eps)
+            loss_shape = expected
+        else:
+            raise TypeError(f"CrossEntropyLoss: target must hold integer class indices, got dtype {target.dtype}")
+        self._cache = (cache, pred.shape, denom, squeeze)
+        loss = loss.reshape(loss_shape)
+        if self.reduction == "none":
+            return loss[0] if squeeze else loss
+        if self.reduction == "sum":
+            return float(loss.sum())
+        return float(loss.sum() / denom) if denom else float("nan")
+
+    def _forward_index(self, logp, t, w, n_classes, eps):
+        valid = t != self.ignore_index
+        bad = valid & ((t < 0) | (t >= n_classes))
+        if bad.any():
+            raise ValueError(
+                f"CrossEntropyLoss: target labels must be in [0, {n_classes}) (or ignore_index "
+                f"{self.ignore_index}); found {np.unique(t[bad])[:10].tolist()}"
+            )
+        t_safe = np.where(valid, t, 0)
+        rows = np.arange(t.size)
+        # Per-row weight of the target class; 0 for ignored rows.
+        wt = (w[t_safe] if w is not None else np.ones(t.size, logp.dtype)) * valid
+        loss = -logp[rows, t_safe] * wt
+        if eps > 0:
+            smooth = -(logp @ w if w is not None else logp.sum(axis=-1)) * valid
+            loss = (1 - eps) * loss + (eps / n_classes) * smooth
+        # PyTorch's 'mean' divides by the summed target weights (the count when unweighted).
+        denom = wt.sum()
+        cache = ("index", np.exp(logp), t_safe, wt, valid, w)
+        return loss.astype(logp.dtype, copy=False), cache, denom
+
+    def _forward_probs(self, logp, target, w, n_classes, eps):
+        t = np.moveaxis(target.astype(logp.dtype, copy=False), 1, -1).reshape(-1, n_classes)
+        if eps > 0:
+            t = t * (1 - eps) + eps / n_classes
+        wt = t * w if w is not None else t
+        loss = -(logp * wt).sum(axis=-1)
+        return loss, ("probs", np.exp(logp), wt)
+
+    def backward(self, grad=None) -> np.ndarray:
+        cache, shape, denom, squeeze = self._need_cache(self._cache)
+        p = cache[1]
+        dtype = p.dtype
+        loss_shape = shape[:1] + shape[2:]
+        if squeeze and self.reduction == "none":
+            loss_shape = loss_shape[1:]
+        up = self._upstream(grad, loss_shape, dtype)
+        if self.reduction == "none":
+            scale = up.reshape(-1, 1)
+        elif self.reduction == "sum":
+            scale = dtype.type(up)
+        else:
+            scale = dtype.type(up / denom) if denom else dtype.type(np.nan)
+        if cache[0] == "index":
+            _, p, t_safe, wt, valid, w = cache
+            eps = self.label_smoothing
+            n_classes = p.shape[1]
+            # d/dz of (1-eps) * w_t * nll + eps/C * sum_c w_c * (-log p_c):
+            #   (1-eps) w_t (p - onehot) + eps/C (sum(w) p - w)
+            total_w = w.sum() if w is not None else dtype.type(n_classes)
+            coef = (1 - eps) * wt + (eps / n_classes) * total_w * valid
+            g = p * coef[:, None].astype(dtype, copy=False)
+            g[np.arange(g.shape[0]), t_safe] -= ((1 - eps) * wt).astype(dtype, copy=False)
+            if eps > 0:
+                w_row = w if w is not None else np.ones(n_classes, dtype)
+                g -= (eps / n_classes) * valid[:, None] * w_row
+        else:
+            _, p, wt = cache
+            g = p * wt.sum(axis=-1, keepdims=True) - wt
+        g = (g * scale).astype(dtype, copy=False)
+        n = shape[0]
+        g = np.moveaxis(g.reshape((n, *shape[2:], shape[1])), -1, 1)
+        return g[0] if squeeze else g
+
+    def extra_repr(self) -> str:
+        parts = [f"reduction={self.reduction!r}"]
+        if self.label_smoothing:
+            parts.append(f"label_smoothing={self.label_smoothing}")
+        if self.ignore_index != -100:
+            parts.append(f"ignore_index={self.ignore_index}")
+        return ", ".join(parts)
+
+
+class MSELoss(_Loss):
+    """Mean squared error: (input - target)**2, reduced by 'mean' (default), 'sum' or 'none'.
+
+    Shape:
+        input and target of the same shape (no silent broadcasting).
+    """
+
+    def forward(self, pred: np.ndarray, target: np.ndarray):
+        pred = self._pred(pred)
+        diff = pred - self._same_shape_target(pred, target)
+        self._cache = diff
+        value, _ = self._reduce(diff * diff)
+        return value
+
+    def backward(self, grad=None) -> np.ndarray:
+        diff = self._need_cache(self._cache)
+        up = self._upstream(grad, diff.shape, diff.dtype)
+        scale = up if self.reduction == "none" else diff.dtype.type(up / (diff.size if self.reduction == "mean" else 1))
+        return (2 * diff * scale).astype(diff.dtype, copy=False)
+
+
+class L1Loss(_Loss):
+    """Mean absolute error: |input - target| (gradient sign(input - target), 0 at ties as PyTorch).
+
+    Shape:
+        input and target of the same shape.
+    """
+
+    def forward(self, pred: np.ndarray, target: np.ndarray):
+        pred = self._pred(pred)
+        diff = pred - self._same_shape_target(pred, target)
+        self._cache = diff
+        value, _ = self._reduce(np.abs(diff))
+        return value
+
+    def backward(self, grad=None) -> np.ndarray:
+        diff = self._need_cache(self._cache)
+        up = self._upstream(grad, diff.shape, diff.dtype)
+        scale = up if self.reduction == "none" else diff.dtype.type(up / (diff.size if self.reduction == "mean" else 1))
+        return (np.sign(diff) * scale).astype(diff.dtype, copy=False)
+
+
+class BCEWithLogitsLoss(_Loss):
+    """Sigmoid + binary cross-entropy in one numerically stable step, as PyTorch.
+
+    loss = weight * [pos_weight * y * softplus(-x) + (1 - y) * softplus(x)]
+
+    Args:
+        weight: optional weights broadcast to the input's shape.
+        reduction: 'mean' (default), 'sum' or 'none'.
+        pos_weight: optional weight of positive examples, broadcast along the last (class)
+            dimension, shape (C,).
+
+    Shape:
+        input (*) logits and target (*) of the same shape, target in [0, 1] (float).
+    """
+
+    def __init__(self, weight=None, reduction: str = "mean", pos_weight=None):
+        super().__init__(reduction)
+        self.register_buffer("weight", None if weight is None else np.asarray(weight, dtype=np.float32))
+        self.register_buffer("pos_weight", None if pos_weight is None else np.asarray(pos_weight, dtype=np.float32))
+
+    def _broadcast(self, name: str, arr, shape) -> np.ndarray | None:
+        if arr is None:
+            return None
+        try:
+            ok = np.broadcast_shapes(arr.shape, shape) == tuple(shape)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"BCEWithLogitsLoss: {name} of shape {arr.shape} cannot be broadcast to the input shape {shape}"
+            )
+        return arr
+
+    def forward(self, pred: np.ndarray, target: np.ndarray):
+        pred = self._pred(pred)
+        y = self._same_shape_target(pred, target)
+        dt = pred.dtype
+        w = self._broadcast("weight", self.weight, pred.shape)
+        pw = self._broadcast("pos_weight", self.pos_weight, pred.shape)
+        w = None if w is None else w.astype(dt, copy=False)
+        pw = None if pw is None else pw.astype(dt, copy=False)
+        sp_pos = np.logaddexp(dt.type(0), pred)    # softplus(x)  = -log(1 - sigmoid(x))
+        sp_neg = sp_pos - pred                      # softplus(-x) = -log(sigmoid(x))
+        pos = y * sp_neg if pw is None else (pw * y) * sp_neg
+        loss = pos + (1 - y) * sp_pos
+        if w is not None:
+            loss = loss * w
+        self._cache = (pred, y, w, pw)
+        value, _ = self._reduce(loss.astype(dt, copy=False))
+        return value
+
+    def backward(self, grad=None) -> np.ndarray:
+        pred, y, w, pw = self._need_cache(self._cache)
+        dt = pred.dtype
+        s = sigmoid(pred)
+        # d/dx: (1 - y) * s - pw * y * (1 - s)
+        py = y if pw is None else pw * y
+        g = (1 - y) * s - py * (1 - s)
+        if w is not None:
+            g = g * w
+        up = self._upstream(grad, pred.shape, dt)
+        scale = up if self.reduction == "none" else dt.type(up / (pred.size if self.reduction == "mean" else 1))
+        return np.broadcast_to(g * scale, pred.shape).astype(dt, copy=True)

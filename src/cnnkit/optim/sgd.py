@@ -1,0 +1,106 @@
+"""Stochastic gradient descent with momentum, dampening, Nesterov and weight decay."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from .optimizer import Optimizer, _check_range
+
+__all__ = ["SGD"]
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, PyTorch's formulation (``torch.optim.SGD``).
+
+    For each parameter ``p`` with gradient ``g`` (``-g`` when ``maximize``)::
+
+        g = g + weight_decay * p
+        buf = g                                  (first step)
+        buf = momentum * buf + (1 - dampening) * g   (later steps)
+        g = g + momentum * buf  if nesterov else buf     (only when momentum != 0)
+        p = p - lr * g
+
+    Args:
+        params: parameters or parameter groups (see ``Optimizer``).
+        lr: learning rate (default 1e-3, as in torch 2.x).
+        momentum: momentum factor (default 0).
+        dampening: dampening of the momentum (default 0).
+        weight_decay: L2 penalty added to the gradient (default 0).
+        nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
+        maximize: ascend instead of descend.
+
+    State per parameter: ``momentum_buffer`` (only when momentum != 0).
+
+    Shape:
+        Updates each ``Parameter.data`` in place; dtypes are kept (float32 stays float32).
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                 *, maximize: bool = False):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize)
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        super()._validate_group(group)
+        _check_range("SGD", "momentum", group["momentum"], 0.0)
+        _check_range("SGD", "weight_decay", group["weight_decay"], 0.0)
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(
+                f"SGD: nesterov=True requires momentum > 0 and dampening = 0, "
+                f"got momentum={group['momentum']}, dampening={group['dampening']}"
+            )
+
+    def _update(self, group: dict[str, Any], params: list) -> None:
+        # Hyperparameters as Python floats: NumPy keeps them "weak", so float32 stays float32.
+        lr = float(group["lr"])
+        momentum = float(group["momentum"])
+        dampening = float(group["dampening"])
+        wd = float(group["weight_decay"])
+        nesterov = bool(group["nesterov"])
+        maximize = bool(group["maximize"])
+        for p in params:
+            g = p.grad
+            used = -1  # which scratch slot holds g (-1: none)
+            if wd != 0 or maximize:
+                # Never write into p.grad: the caller may still read it.
+                g = self._temp(p, 0)
+                used = 0
+                if wd != 0:
+                    np.multiply(p.data, wd, out=g)
+                    if maximize:
+                        g -= p.grad
+                    else:
+                        g += p.grad
+                else:
+                    np.negative(p.grad, out=g)
+            if momentum != 0:
+                state = self.state.setdefault(p, {})
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = np.array(g, dtype=p.data.dtype, copy=True)
+                    state["momentum_buffer"] = buf
+                else:
+                    buf *= momentum
+                    if dampening == 0:
+                        buf += g
+                    else:
+                        damped = self._temp(p, 1)
+                        np.multiply(g, 1.0 - dampening, out=damped)
+                        buf += damped
+                if nesterov:
+                    # g + momentum * buf: slot 1 takes momentum * buf, then g is added into it.
+                    look_ahead = self._temp(p, 1)
+                    np.multiply(buf, momentum, out=look_ahead)
+                    look_ahead += g
+                    g, used = look_ahead, 1
+                else:
+                    g = buf
+                    used = -1
+            # p -= lr * g; reuse g's own scratch slot when it has one.
+            step = g if used >= 0 else self._temp(p, 0)
+            np.multiply(g, lr, out=step)
+            p.data -= step

@@ -1,0 +1,77 @@
+"""What ``cnnkit train`` knows by name: datasets (with normalisation statistics and the
+augmentations that suit them) and per-model training presets.
+
+A preset holds the defaults that make ``cnnkit train --model NAME --dataset fashion-mnist``
+work well without further flags; every value can be overridden on the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset known by name.
+
+    Attributes:
+        cls_name: class in ``cnnkit.data``.
+        mean, std: per-channel statistics of the training images (scaled to [0, 1]).
+        crop_padding: padding of the random-crop augmentation.
+        hflip: whether horizontal flips keep the label meaningful (not for digits).
+    """
+
+    cls_name: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int
+    hflip: bool
+
+    def load(self, train: bool, root=None):
+        from . import data
+
+        return getattr(data, self.cls_name)(root=root, train=train)
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    # Statistics of the 60000 / 50000 training images.
+    "fashion-mnist": DatasetInfo("FashionMNIST", (0.2860,), (0.3530,), crop_padding=2, hflip=True),
+    "mnist": DatasetInfo("MNIST", (0.1307,), (0.3081,), crop_padding=2, hflip=False),
+    "cifar10": DatasetInfo("CIFAR10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                           crop_padding=4, hflip=True),
+}
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
+            "cifar-10": "cifar10", "cifar_10": "cifar10"}
+
+
+def dataset_info(name: str) -> tuple[str, DatasetInfo]:
+    """``(canonical name, info)`` for a dataset name (case-insensitive, common aliases accepted).
+
+    Raises:
+        ValueError: unknown name; the message lists the known ones.
+    """
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available datasets: {', '.join(DATASETS)}")
+    return key, DATASETS[key]
+
+
+# Defaults of `cnnkit train` per model; keys not given fall back to DEFAULT_PRESET
+# (weight_decay None: the optimizer's own default, e.g. 0.01 for AdamW).
+DEFAULT_PRESET = {
+    "epochs": 5, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "weight_decay": None,
+    "momentum": 0.9, "scheduler": "none", "augment": False, "label_smoothing": 0.0,
+    "val_fraction": 0.1,
+}
+MODEL_PRESETS: dict[str, dict] = {
+    # ~93 % in 10 epochs: BatchNorm lets a one-cycle schedule peak at lr 0.1 (SGD + Nesterov).
+    "fashion_cnn": {"epochs": 10, "batch_size": 128, "optimizer": "sgd", "lr": 0.1,
+                    "weight_decay": 5e-4, "scheduler": "onecycle", "augment": True},
+    # One epoch of Adam at 2e-3 in small batches already gives > 85 % on Fashion-MNIST.
+    "lenet": {"batch_size": 32, "optimizer": "adam", "lr": 2e-3},
+}
+
+
+def preset_for(model: str) -> dict:
+    """The training defaults for ``model`` (a fresh dict)."""
+    return {**DEFAULT_PRESET, **MODEL_PRESETS.get(model, {})}

@@ -1,0 +1,339 @@
+"""The training job behind ``cnnkit train``: data, model, optimizer, schedule, callbacks,
+checkpoints, final test evaluation, metrics.json and plots in one output folder.
+
+The folder is the unit of work: ``run.json`` holds the resolved settings, ``last.safetensors``
+the resumable state after every epoch (or at a Ctrl-C), so ``cnnkit train --out DIR --resume``
+rebuilds the very same run and continues it bit-for-bit.
+
+Files written into ``out``: run.json, last.safetensors, best.safetensors (best validation
+accuracy; without validation data, the last epoch), history.csv, metrics.json, curves.png,
+confusion_matrix.png, predictions.png, filters.png.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import presets
+
+RUN_FILE = "run.json"
+LAST, BEST = "last.safetensors", "best.safetensors"
+# Settings that define a run; `--resume` refuses to change them (the result would not be the
+# continuation of the same run).
+RUN_KEYS = ("model", "dataset", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum",
+            "scheduler", "augment", "label_smoothing", "val_fraction", "seed", "limit_train", "limit_test")
+
+
+def resolve_config(given: dict) -> dict:
+    """Fill the settings not given (None) from the model's preset.
+
+    Args:
+        given: ``model``, ``dataset`` and any of ``RUN_KEYS`` (None = not given).
+
+    Returns:
+        The complete settings (JSON-able).
+    """
+    if not given.get("model"):
+        raise ValueError("cnnkit train: --model is required (see `cnnkit train --help` for the list)")
+    if not given.get("dataset"):
+        raise ValueError(f"cnnkit train: --dataset is required; available: {', '.join(presets.DATASETS)}")
+    from .models import names
+
+    if given["model"] not in names():
+        raise ValueError(f"unknown model {given['model']!r}; available models: {', '.join(names())}")
+    dataset, _ = presets.dataset_info(given["dataset"])
+    config = presets.preset_for(given["model"])
+    config.update({k: v for k, v in given.items() if v is not None})
+    config["dataset"] = dataset
+    config.setdefault("seed", 0)
+    config.setdefault("limit_train", None)
+    config.setdefault("limit_test", None)
+    if config["scheduler"] not in ("onecycle", "cosine", "step", "none"):
+        raise ValueError(f"--scheduler must be onecycle, cosine, step or none, got {config['scheduler']!r}")
+    if config["optimizer"] not in ("sgd", "adam", "adamw"):
+        raise ValueError(f"--optimizer must be sgd, adam or adamw, got {config['optimizer']!r}")
+    if not 0 <= float(config["val_fraction"]) < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {config['val_fraction']}")
+    return {k: config.get(k) for k in RUN_KEYS}
+
+
+def resume_config(out: str | os.PathLike, given: dict) -> dict:
+    """The settings saved in ``out/run.json``; explicitly given ones must agree with them."""
+    path = Path(out) / RUN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: {path} does not exist (no run was started in {out})")
+    saved = json.loads(path.read_text())
+    given = {k: v for k, v in given.items() if v is not None}
+    if "dataset" in given:
+        given["dataset"] = presets.dataset_info(given["dataset"])[0]
+    clashes = [f"--{k.replace('_', '-')} {given[k]} (the run has {saved.get(k)})"
+               for k in RUN_KEYS if k in given and given[k] != saved.get(k)]
+    if clashes:
+        raise ValueError("cannot resume with different settings: " + "; ".join(clashes)
+                         + f". Resume with the run's own settings (from {path}) or start a new --out folder")
+    return saved
+
+
+# ---------------------------------------------------------------------------- building blocks
+def _subset(dataset, n: int | None, seed: int, salt: int):
+    """A seeded random subset of ``n`` samples (all when n is None or too large)."""
+    from .data import Subset
+
+    if n is None or n >= len(dataset):
+        return dataset
+    if n < 1:
+        raise ValueError(f"--limit-train / --limit-test must be >= 1, got {n}")
+    idx = np.sort(np.random.default_rng([seed, salt]).permutation(len(dataset))[:n])
+    return Subset(dataset, idx)
+
+
+def build_data(config: dict, data_root=None) -> dict:
+    """Datasets, loaders and preprocessing of a run: ``train``, ``val`` (or None), ``test``
+    loaders, ``classes``, ``input_shape`` [C, H, W], ``normalize`` {mean, std}."""
+    from .data import DataLoader, random_split
+    from .data.transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
+
+    name, info = presets.dataset_info(config["dataset"])
+    seed = int(config["seed"])
+    full_train, test = info.load(True, data_root), info.load(False, data_root)
+    classes = list(full_train.classes)
+    train = _subset(full_train, config.get("limit_train"), seed, 1)
+    test = _subset(test, config.get("limit_test"), seed, 2)
+    val = None
+    frac = float(config["val_fraction"])
+    if frac > 0:
+        n_val = max(1, int(round(len(train) * frac)))
+        if n_val >= len(train):
+            raise ValueError(f"--val-fraction {frac} leaves no training data out of {len(train)} samples")
+        train, val = random_split(train, [len(train) - n_val, n_val], seed=seed)
+    x0, _ = test.get_batch([0]) if hasattr(test, "get_batch") else (test[0][0][None], None)
+    input_shape = [int(v) for v in x0.shape[1:]]
+    norm = Normalize(info.mean, info.std)
+    train_tf = [norm]
+    if config["augment"]:
+        aug = [RandomCrop(input_shape[1:], padding=info.crop_padding)]
+        if info.hflip:
+            aug.append(RandomHorizontalFlip())
+        train_tf = aug + train_tf  # crop / flip the [0, 1] images, then normalise
+    eval_bs = max(256, int(config["batch_size"]))
+    return {
+        "train": DataLoader(train, batch_size=int(config["batch_size"]), shuffle=True, seed=seed,
+                            transform=Compose(train_tf)),
+        "val": None if val is None else DataLoader(val, batch_size=eval_bs, transform=norm),
+        "test": DataLoader(test, batch_size=eval_bs, transform=norm),
+        "test_dataset": test,
+        "normalize_fn": norm,
+        "classes": classes,
+        "input_shape": input_shape,
+        "normalize": {"mean": list(info.mean), "std": list(info.std)},
+    }
+
+
+def build_model(name: str, num_classes: int, input_shape: list[int]):
+    """``cnnkit.models.create`` with the class count, channels and size the builder accepts."""
+    from .models import create, get_builder
+
+    params = inspect.signature(get_builder(name)).parameters
+    kwargs: dict[str, Any] = {}
+    for key, value in (("num_classes", num_classes), ("in_channels", input_shape[0]),
+                       ("input_size", input_shape[1])):
+        if key in params:
+            kwargs[key] = value
+    return create(name, **kwargs)
+
+
+def build_optimizer(config: dict, params):
+    from . import optim
+
+    kind, lr, wd = config["optimizer"], float(config["lr"]), config.get("weight_decay")
+    extra = {} if wd is None else {"weight_decay": float(wd)}
+    if kind == "sgd":
+        momentum = float(config.get("momentum") or 0.0)
+        return optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, **extra)
+    if kind == "adam":
+        return optim.Adam(params, lr=lr, **extra)
+    return optim.AdamW(params, lr=lr, **extra)
+
+
+def build_scheduler(config: dict, optimizer, steps_per_epoch: int):
+    from .optim import lr_scheduler as sch
+
+    kind, epochs = config["scheduler"], int(config["epochs"])
+    if kind == "onecycle":
+        return sch.OneCycleLR(optimizer, max_lr=float(config["lr"]), total_steps=max(1, epochs * steps_per_epoch))
+    if kind == "cosine":
+        return sch.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    if kind == "step":
+        return sch.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    return None
+
+
+# ---------------------------------------------------------------------------- the job
+def run_train(config: dict, out: str | os.PathLike, resume: bool = False, data_root=None,
+              verbose: int = 1, print_fn: Callable[[str], Any] = print) -> dict:
+    """Train, checkpoint, test and plot one run into ``out``.
+
+    Args:
+        config: complete settings (``resolve_config`` / ``resume_config``).
+        out: the output folder (created).
+        resume: continue from ``out/last.safetensors`` when it exists.
+        data_root: extra folder to look for datasets in.
+        verbose: passed to ``fit``.
+        print_fn: where progress lines go.
+
+    Returns:
+        The metrics dict written to ``metrics.json``; ``{"interrupted": True, ...}`` when the run
+        was stopped by Ctrl-C (a resumable checkpoint was saved).
+    """
+    from . import manual_seed, nn
+    from .io.atomic import atomic_write_text
+    from .train import CSVLogger, ModelCheckpoint, TrainingInterrupted, fit
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / RUN_FILE, json.dumps(config, indent=2) + "\n")
+    manual_seed(int(config["seed"]))
+    d = build_data(config, data_root)
+    model = build_model(config["model"], len(d["classes"]), d["input_shape"])
+    optimizer = build_optimizer(config, model.parameters())
+    scheduler = build_scheduler(config, optimizer, len(d["train"]))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(config["label_smoothing"]))
+    meta = {"classes": d["classes"], "input_shape": d["input_shape"], "normalize": d["normalize"],
+            "dataset": config["dataset"], "run": config}
+    has_val = d["val"] is not None
+    callbacks = [
+        ModelCheckpoint(out / LAST, meta=meta),
+        ModelCheckpoint(out / BEST, monitor="val_accuracy" if has_val else "loss",
+                        save_best_only=True, meta=meta),
+        CSVLogger(out / "history.csv"),
+    ]
+    last = out / LAST
+    resume_from = last if resume and last.is_file() else None
+    if resume and resume_from is None:
+        print_fn(f"nothing to resume in {out} (no {LAST}); starting the run from the beginning")
+    if verbose:
+        print_fn(f"training {config['model']} ({model.num_parameters():,} parameters) on {config['dataset']}: "
+                 f"{len(d['train'].dataset)} train / {len(d['val'].dataset) if has_val else 0} val / "
+                 f"{len(d['test'].dataset)} test images, {config['epochs']} epochs, batch {config['batch_size']}, "
+                 f"{config['optimizer']} lr {config['lr']}, schedule {config['scheduler']}, "
+                 f"augment {'on' if config['augment'] else 'off'}, seed {config['seed']}"
+                 + (f"; resuming from {resume_from}" if resume_from else ""))
+    try:
+        history = fit(model, loss_fn, optimizer, d["train"], d["val"], epochs=int(config["epochs"]),
+                      scheduler=scheduler, callbacks=callbacks, verbose=verbose, resume=resume_from,
+                      print_fn=print_fn)
+    except TrainingInterrupted as exc:
+        where = exc.checkpoints[0] if exc.checkpoints else out / LAST
+        print_fn(f"Interrupted in epoch {exc.epoch} after {exc.batch} batches; the state is saved in {where}.")
+        print_fn(f"Resume with: cnnkit train --out {out} --resume")
+        return {"interrupted": True, "epoch": exc.epoch, "batch": exc.batch, "checkpoint": str(where)}
+    return _finish(config, out, model, loss_fn, history, d, callbacks[1], t_start, print_fn)
+
+
+def _finish(config, out: Path, model, loss_fn, history, d, best_cb, t_start, print_fn) -> dict:
+    """Test the best checkpoint's weights; write metrics.json and the plots; print the result."""
+    from . import plots
+    from .io.atomic import atomic_write_text
+    from .io.checkpoint import load_checkpoint
+    from .train import evaluate, write_history_csv
+
+    used = LAST
+    if (out / BEST).is_file():
+        model.load_state_dict(load_checkpoint(out / BEST).state_dict)
+        used = BEST
+    if len(history):
+        write_history_csv(history, out / "history.csv")
+    classes = d["classes"]
+    result = evaluate(model, d["test"], loss_fn, num_classes=len(classes))
+    cm = np.asarray(result["confusion_matrix"])
+    per_class = {name: {k: result[k][i] for k in ("precision", "recall", "f1", "support") if k in result}
+                 for i, name in enumerate(classes)}
+    metrics = {
+        "test_accuracy": result["accuracy"], "test_loss": result["loss"],
+        "test_samples": result["num_samples"],
+        "macro_precision": result.get("macro_precision"), "macro_recall": result.get("macro_recall"),
+        "macro_f1": result.get("macro_f1"), "per_class": per_class, "confusion_matrix": cm.tolist(),
+        "classes": classes, "checkpoint": used, "best_epoch": best_cb.best_epoch,
+        "epochs_trained": history.epochs[-1] if len(history) else 0,
+        "train_seconds": float(np.nansum(history.history.get("time", []))),
+        "wall_seconds_this_invocation": time.perf_counter() - t_start,
+        "num_parameters": model.num_parameters(), "config": config,
+        "history": {k: v for k, v in history.history.items()},
+    }
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if len(history):
+        plots.plot_history(history, out / "curves.png")
+    plots.plot_confusion_matrix(cm, classes, out / "confusion_matrix.png")
+    _plot_predictions(model, d, out / "predictions.png")
+    weight = plots.first_conv_weight(model)
+    if weight is not None:
+        plots.plot_filters(weight, out / "filters.png")
+    correct = int(round(result["accuracy"] * result["num_samples"]))
+    print_fn(f"wrote {out}: {LAST}, {BEST}, history.csv, metrics.json, curves.png, confusion_matrix.png, "
+             f"predictions.png, filters.png")
+    print_fn(f"test accuracy: {100 * result['accuracy']:.2f}% ({correct}/{result['num_samples']}), "
+             f"test loss {result['loss']:.4f} [{used}]")
+    return metrics
+
+
+def _plot_predictions(model, d, path, n: int = 25) -> None:
+    from . import plots
+
+    test = d["test_dataset"]
+    x, y = test.get_batch(np.arange(min(n, len(test))))
+    model.eval()
+    preds = model(d["normalize_fn"](x)).argmax(axis=1)
+    plots.plot_predictions(x, y, preds, d["classes"], path, max_images=n)
+
+
+def run_evaluate(target: str | os.PathLike, dataset: str | None = None, limit_test: int | None = None,
+                 data_root=None, print_fn: Callable[[str], Any] = print) -> dict:
+    """Evaluate a checkpoint (or a run folder's best one) on a dataset's test split.
+
+    Returns:
+        ``evaluate``'s dict (accuracy, loss, per-class metrics, confusion matrix).
+    """
+    from . import nn
+    from .data import DataLoader
+    from .data.transforms import Normalize
+    from .io.checkpoint import load
+    from .train import evaluate
+
+    path = Path(target)
+    if path.is_dir():
+        candidates = [path / BEST, path / LAST]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise FileNotFoundError(f"{path} holds no checkpoint ({BEST} or {LAST})")
+        path = found[0]
+    elif not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint or run folder: {path}")
+    model = load(path)
+    meta = getattr(model, "checkpoint_meta", None) or {}
+    name = dataset or meta.get("dataset")
+    if not name:
+        raise ValueError(f"{path} does not record its dataset; pass --dataset "
+                         f"({', '.join(presets.DATASETS)})")
+    name, info = presets.dataset_info(name)
+    test = _subset(info.load(False, data_root), limit_test, 0, 2)
+    norm = meta.get("normalize") or {"mean": list(info.mean), "std": list(info.std)}
+    loader = DataLoader(test, batch_size=256, transform=Normalize(norm["mean"], norm["std"]))
+    result = evaluate(model, loader, nn.CrossEntropyLoss())
+    classes = meta.get("classes") or list(getattr(test, "classes", []))
+    if "precision" in result and len(classes) == len(result["precision"]):
+        width = max(len(c) for c in classes)
+        print_fn(f"{'class':<{width}}  precision  recall     f1  support")
+        for i, c in enumerate(classes):
+            print_fn(f"{c:<{width}}  {result['precision'][i]:9.4f}  {result['recall'][i]:6.4f}  "
+                     f"{result['f1'][i]:6.4f}  {int(result['support'][i]) if 'support' in result else '':>7}")
+    print_fn(f"{path} on {name} test ({result['num_samples']} images): "
+             f"accuracy {100 * result['accuracy']:.2f}%, loss {result['loss']:.4f}")
+    return result

@@ -1,0 +1,428 @@
+"""``fit`` and ``evaluate``: the training loop (Keras-like comfort over PyTorch-like parts).
+
+One training step is exactly::
+
+    model.train(); optimizer.zero_grad(); out = model(x); loss = loss_fn(out, y)
+    model.backward(loss_fn.backward()); optimizer.step(); [scheduler.step()  # per batch]
+
+Interrupting: the first Ctrl-C asks the loop to stop after the current batch; the loop then
+lets ``ModelCheckpoint`` callbacks save the exact state (mid-epoch included) and raises
+:class:`TrainingInterrupted`. A second Ctrl-C aborts at once. A checkpoint written by the loop
+(at an epoch end or on interrupt) passed back as ``fit(..., resume=path)`` continues the run so
+that it ends with bit-for-bit the same weights as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .callbacks import Callback
+from .history import History
+from .progress import EpochProgress, format_epoch_line
+from . import resume as rs
+
+# Schedulers whose documented use is one step per batch.
+_STEP_SCHEDULERS = {"OneCycleLR", "CyclicLR"}
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by :func:`fit` after a Ctrl-C.
+
+    Attributes:
+        epoch (int): the epoch that was running (1-based).
+        batch (int): batches of that epoch completed before stopping.
+        checkpoints (list[str]): files written with the interrupted state (empty when the
+            interrupt arrived in the middle of a step, where the state is not consistent: then
+            resume from the last epoch-end checkpoint).
+        history (History): the epochs completed so far.
+    """
+
+    def __init__(self, epoch: int, batch: int, checkpoints: list[str], history: History):
+        self.epoch, self.batch, self.checkpoints, self.history = epoch, batch, checkpoints, history
+        where = f"epoch {epoch}, after batch {batch}"
+        saved = f"; saved {', '.join(checkpoints)}" if checkpoints else ""
+        super().__init__(f"training interrupted at {where}{saved}")
+
+
+def _is_classification(out: np.ndarray, y: np.ndarray) -> bool:
+    return out.ndim == 2 and out.shape[1] > 1 and y.ndim == 1 and np.issubdtype(y.dtype, np.integer)
+
+
+def _current_lr(optimizer) -> float | None:
+    groups = getattr(optimizer, "param_groups", None)
+    return float(groups[0]["lr"]) if groups else None
+
+
+class _InterruptFlag:
+    """SIGINT handler for the loop's lifetime: first Ctrl-C sets a flag (stop at the next batch
+    boundary, where the state is consistent), a second one raises KeyboardInterrupt at once.
+    Installed only in the main thread (signal handlers cannot be set elsewhere)."""
+
+    def __init__(self, print_fn: Callable[[str], Any]):
+        self.requested = False
+        self._print = print_fn
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._print("\nInterrupt: stopping after this batch and saving a checkpoint "
+                    "(press Ctrl-C again to abort without saving)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+class TrainingLoop:
+    """The state of a running ``fit`` call; callbacks see it as ``self.loop``.
+
+    Attributes:
+        model, loss_fn, optimizer, scheduler, train_loader, val_loader, callbacks, history.
+        epochs (int): the last epoch to run (1-based, inclusive).
+        epoch (int): the epoch running now; batch (int): batches of it completed.
+        stop_training (bool): set by a callback to end training after the current epoch.
+        saved_checkpoints (list[str]): every file written through :meth:`save_checkpoint`.
+    """
+
+    def __init__(self, model, loss_fn, optimizer, train_loader, val_loader, epochs, scheduler,
+                 scheduler_interval, callbacks, initial_epoch, verbose, print_fn):
+        if scheduler_interval is None:
+            scheduler_interval = "step" if type(scheduler).__name__ in _STEP_SCHEDULERS else "epoch"
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"fit: scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        if int(epochs) < 0 or int(initial_epoch) < 0:
+            raise ValueError(f"fit: epochs and initial_epoch must be >= 0, got {epochs} and {initial_epoch}")
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
+        self.callbacks: list[Callback] = list(callbacks)
+        self.epochs, self.initial_epoch = int(epochs), int(initial_epoch)
+        self.verbose, self.print = int(verbose), print_fn
+        self.history = History()
+        self.epoch, self.batch = self.initial_epoch, 0
+        self.stop_training = False
+        self.saved_checkpoints: list[str] = []
+        self._reset_epoch_sums()
+        # Where the running epoch started (RNG states) and, on resume, where it stopped.
+        self._epoch_start: dict | None = None
+        self._resume_mid_epoch: dict | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _reset_epoch_sums(self) -> None:
+        self._loss_sum, self._correct, self._seen, self._elapsed = 0.0, 0, 0, 0.0
+        self._classification = None
+
+    def train_state(self) -> dict:
+        """Everything besides model / optimizer / scheduler that a resumed run needs (JSON-able)."""
+        mid_epoch = self.batch > 0 and self._epoch_start is not None
+        state = {
+            "epoch": self.epoch - 1 if mid_epoch else self.epoch,   # completed epochs
+            "batch": self.batch if mid_epoch else 0,
+            "epochs": self.epochs,
+            "rng": rs.global_rng_state(),
+            "loader_rng": rs.loader_rng_state(self.train_loader),
+            "history": self.history.to_dict(),
+            "callbacks": [{"type": type(cb).__name__, "state": cb.state_dict()} for cb in self.callbacks],
+            "scheduler_interval": self.scheduler_interval,
+        }
+        if mid_epoch:
+            state["epoch_start"] = self._epoch_start
+            state["partial"] = {"loss_sum": self._loss_sum, "correct": self._correct, "seen": self._seen,
+                                "elapsed": self._elapsed, "classification": self._classification}
+        return state
+
+    def save_checkpoint(self, path: str, meta: dict | None = None) -> str:
+        """Write a resumable checkpoint (``cnnkit.save``) to ``path``; returns the path."""
+        from ..io.checkpoint import save
+
+        state = self.train_state()
+        full_meta = {**(meta or {}), "epoch": state["epoch"], "train_state": state}
+        save(self.model, path, optimizer=self.optimizer, scheduler=self.scheduler, meta=full_meta)
+        self.saved_checkpoints.append(str(path))
+        return str(path)
+
+    def restore(self, checkpoint) -> None:
+        """Load a checkpoint written by :meth:`save_checkpoint` (a path or a loaded Checkpoint)."""
+        from ..io.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint) if not hasattr(checkpoint, "state_dict") else checkpoint
+        state = (ckpt.meta or {}).get("train_state")
+        if state is None:
+            raise ValueError(
+                f"fit(resume=...): {checkpoint} has no training state (meta['train_state']); "
+                "it was not written by fit's ModelCheckpoint, so it can initialise weights "
+                "(model.load_state_dict) but cannot resume a run"
+            )
+        self.model.load_state_dict(ckpt.state_dict)
+        if ckpt.optimizer_state is not None:
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+        if self.scheduler is not None:
+            if ckpt.scheduler_state is None:
+                raise ValueError(f"fit(resume=...): {checkpoint} holds no scheduler state, but a scheduler was given")
+            self.scheduler.load_state_dict(ckpt.scheduler_state)
+        saved_cbs = state.get("callbacks", [])
+        for cb, saved in zip(self.callbacks, saved_cbs):
+            if saved.get("type") == type(cb).__name__:
+                cb.load_state_dict(saved.get("state") or {})
+        self.history = History.from_dict(state.get("history"))
+        self.initial_epoch = self.epoch = int(state["epoch"])
+        self.scheduler_interval = state.get("scheduler_interval", self.scheduler_interval)
+        rs.set_global_rng_state(state["rng"])
+        if int(state.get("batch", 0)) > 0:
+            self._resume_mid_epoch = state
+        else:
+            rs.set_loader_rng_state(self.train_loader, state.get("loader_rng"))
+
+    # ------------------------------------------------------------------ running
+    def _batches(self) -> Iterable:
+        """The epoch's batches; on a mid-epoch resume, replay the shuffling and skip the batches
+        already trained on, then put the global RNG where the interrupted run left it."""
+        resume, self._resume_mid_epoch = self._resume_mid_epoch, None
+        if resume is None:
+            self._epoch_start = {"rng": rs.global_rng_state(), "loader_rng": rs.loader_rng_state(self.train_loader)}
+            return iter(self.train_loader)
+        start = resume["epoch_start"]
+        self._epoch_start = start
+        rs.set_global_rng_state(start["rng"])
+        rs.set_loader_rng_state(self.train_loader, start["loader_rng"])
+        it = iter(self.train_loader)
+        for _ in range(int(resume["batch"])):
+            next(it)
+        rs.set_global_rng_state(resume["rng"])
+        partial = resume["partial"]
+        self.batch = int(resume["batch"])
+        self._loss_sum, self._correct = float(partial["loss_sum"]), int(partial["correct"])
+        self._seen, self._elapsed = int(partial["seen"]), float(partial["elapsed"])
+        self._classification = partial.get("classification")
+        return it
+
+    def _train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int | None]:
+        model, optimizer = self.model, self.optimizer
+        optimizer.zero_grad()
+        out = model(x)
+        loss = float(self.loss_fn(out, y))
+        model.backward(self.loss_fn.backward())
+        optimizer.step()
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        if self._classification is None:
+            self._classification = _is_classification(out, y)
+        correct = int(np.count_nonzero(out.argmax(axis=1) == y)) if self._classification else None
+        return loss, correct
+
+    def _run_epoch(self, epoch: int, interrupt: _InterruptFlag) -> dict:
+        self.epoch = epoch
+        if self._resume_mid_epoch is None:
+            self.batch = 0
+            self._reset_epoch_sums()
+        batches = self._batches()
+        for cb in self.callbacks:
+            cb.on_epoch_begin(epoch, {})
+        self.model.train()
+        total = len(self.train_loader) if hasattr(self.train_loader, "__len__") else None
+        show_bar = None if self.verbose == 1 else False  # None: only when stderr is a terminal
+        lr = _current_lr(self.optimizer)
+        with EpochProgress(epoch, self.epochs, total, enabled=show_bar, initial=self.batch) as bar:
+            t0 = time.perf_counter() - self._elapsed
+            for x, y in batches:
+                self._at_boundary = False
+                lr = _current_lr(self.optimizer)
+                loss, correct = self._train_step(x, y)
+                n = len(x)
+                self.batch += 1
+                self._loss_sum += loss * n
+                self._seen += n
+                if correct is not None:
+                    self._correct += correct
+                self._elapsed = time.perf_counter() - t0
+                self._at_boundary = True
+                batch_logs = {"loss": loss, "size": n}
+                if correct is not None:
+                    batch_logs["accuracy"] = correct / n
+                for cb in self.callbacks:
+                    cb.on_batch_end(self.batch, batch_logs)
+                bar.update(self._loss_sum / self._seen,
+                           self._correct / self._seen if self._classification else None,
+                           self._seen / max(self._elapsed, 1e-9))
+                if interrupt.requested:
+                    raise KeyboardInterrupt
+        self._at_boundary = False
+        if self._seen == 0:
+            raise ValueError("fit: train_loader yielded no batches (empty dataset, or drop_last with "
+                             "fewer samples than one batch)")
+        logs: dict[str, Any] = {"loss": self._loss_sum / self._seen}
+        if self._classification:
+            logs["accuracy"] = self._correct / self._seen
+        if self.val_loader is not None:
+            val = evaluate(self.model, self.val_loader, self.loss_fn, details=False)
+            logs["val_loss"] = val["loss"]
+            if "accuracy" in val:
+                logs["val_accuracy"] = val["accuracy"]
+        logs["lr"] = lr
+        logs["time"] = self._elapsed
+        logs["images_per_sec"] = self._seen / max(self._elapsed, 1e-9)
+        if self.scheduler is not None and self.scheduler_interval == "epoch":
+            self.scheduler.step()
+        self.batch = 0
+        self._epoch_start = None
+        self.history.append(epoch, logs)
+        if self.verbose:
+            self.print(format_epoch_line(epoch, self.epochs, logs))
+        for cb in self.callbacks:
+            cb.on_epoch_end(epoch, logs)
+        return logs
+
+    def run(self) -> History:
+        model = self.model
+        old_flag = getattr(model, "needs_input_grad", True)
+        # Nobody needs the gradient w.r.t. the images: the first layer may skip computing it.
+        model.needs_input_grad = False
+        for cb in self.callbacks:
+            cb.set_loop(self)
+        self._at_boundary = False
+        try:
+            with _InterruptFlag(self.print) as interrupt:
+                for cb in self.callbacks:
+                    cb.on_train_begin({})
+                try:
+                    for epoch in range(self.initial_epoch + 1, self.epochs + 1):
+                        self._run_epoch(epoch, interrupt)
+                        if self.stop_training:
+                            break
+                except KeyboardInterrupt:
+                    self._on_interrupt()
+            for cb in self.callbacks:
+                cb.on_train_end({"history": self.history})
+        finally:
+            model.needs_input_grad = old_flag
+        return self.history
+
+    def _on_interrupt(self) -> None:
+        before = len(self.saved_checkpoints)
+        if self._at_boundary:
+            logs = {"loss": self._loss_sum / max(self._seen, 1)}
+            for cb in self.callbacks:
+                cb.on_interrupt(self.epoch, logs)
+        raise TrainingInterrupted(self.epoch, self.batch, self.saved_checkpoints[before:], self.history)
+
+
+def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 1, scheduler=None,
+        callbacks: Iterable[Callback] = (), initial_epoch: int = 0, verbose: int = 1,
+        scheduler_interval: str | None = None, resume=None,
+        print_fn: Callable[[str], Any] = print) -> History:
+    """Train ``model`` for ``epochs`` epochs.
+
+    Args:
+        model: a ``cnnkit.nn.Module`` producing logits (classification) or predictions.
+        loss_fn: a cnnkit loss (``value = loss_fn(out, y)``, ``grad = loss_fn.backward()``).
+        optimizer: a ``cnnkit.optim`` optimizer over ``model.parameters()``.
+        train_loader: iterable of ``(x, y)`` batches with ``len()`` (a ``cnnkit.data.DataLoader``).
+        val_loader: optional; adds ``val_loss`` / ``val_accuracy`` after every epoch.
+        epochs: index of the last epoch (Keras semantics: with ``initial_epoch=2, epochs=5``
+            epochs 3, 4 and 5 run).
+        scheduler: optional LR scheduler.
+        scheduler_interval: ``'step'`` (after every batch) or ``'epoch'``; None picks 'step'
+            for OneCycleLR / CyclicLR and 'epoch' for the others.
+        callbacks: :class:`Callback` instances (ModelCheckpoint, EarlyStopping, CSVLogger...).
+        initial_epoch: epochs already done (ignored when ``resume`` is given).
+        verbose: 0 silent; 1 a live progress bar (only when stderr is a terminal) plus one
+            summary line per epoch; 2 the summary lines only.
+        resume: a checkpoint path (or loaded ``Checkpoint``) written by ``ModelCheckpoint``
+            during an earlier call with the same arguments: restores model, optimizer,
+            scheduler, epoch, position inside the epoch, history, callback state and every RNG.
+        print_fn: where summary lines go.
+
+    Returns:
+        A :class:`History`: ``history.history['loss' | 'accuracy' | 'val_loss' |
+        'val_accuracy' | 'lr' | 'time' | 'images_per_sec']`` (accuracy only for classification:
+        2-D outputs with integer labels).
+
+    Raises:
+        TrainingInterrupted: after Ctrl-C, once the checkpoints are written.
+    """
+    loop = TrainingLoop(model, loss_fn, optimizer, train_loader, val_loader, epochs, scheduler,
+                        scheduler_interval, callbacks, initial_epoch, verbose, print_fn)
+    if resume is not None:
+        loop.restore(resume)
+    return loop.run()
+
+
+def evaluate(model, loader, loss_fn=None, num_classes: int | None = None, details: bool = True) -> dict:
+    """Evaluate ``model`` on every batch of ``loader`` in eval mode (the mode is restored after).
+
+    Args:
+        model: the model.
+        loader: iterable of ``(x, y)`` batches.
+        loss_fn: optional loss; adds ``'loss'`` (the sample-weighted mean of batch losses).
+        num_classes: size of the confusion matrix (default: the model's output width).
+        details: add the confusion matrix and per-class precision / recall / F1.
+
+    Returns:
+        dict with ``'num_samples'``, ``'loss'`` (if ``loss_fn``), and for classification
+        ``'accuracy'``, plus when ``details``: ``'confusion_matrix'`` (ndarray, rows = true
+        class, columns = predicted), ``'precision'``, ``'recall'``, ``'f1'``, ``'support'``
+        (per-class lists) and ``'macro_precision'``, ``'macro_recall'``, ``'macro_f1'``.
+    """
+    from . import metrics
+
+    was_training = model.training
+    model.eval()
+    loss_sum, seen = 0.0, 0
+    preds, targets = [], []
+    classification = None
+    width = None
+    try:
+        for x, y in loader:
+            out = model(x)
+            n = len(x)
+            if loss_fn is not None:
+                loss_sum += float(loss_fn(out, y)) * n
+            if classification is None:
+                classification = _is_classification(out, y)
+                width = out.shape[1] if out.ndim == 2 else None
+            if classification:
+                preds.append(out.argmax(axis=1))
+                targets.append(np.asarray(y))
+            seen += n
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("evaluate: the loader yielded no batches")
+    result: dict[str, Any] = {"num_samples": seen}
+    if loss_fn is not None:
+        result["loss"] = loss_sum / seen
+    if classification:
+        p, t = np.concatenate(preds), np.concatenate(targets)
+        result["accuracy"] = float(np.count_nonzero(p == t)) / seen
+        if details:
+            k = int(num_classes or max(width or 0, int(t.max()) + 1, int(p.max()) + 1))
+            cm = metrics.confusion_matrix(p, t, k)
+            result["confusion_matrix"] = cm
+            result.update(_per_class(metrics, cm))
+    return result
+
+
+def _per_class(metrics, cm: np.ndarray) -> dict:
+    """Per-class and macro precision / recall / F1 from a confusion matrix (engineer C's kernel)."""
+    prf = metrics.precision_recall_f1(cm)
+    out = {}
+    for key, kind in (("precision", float), ("recall", float), ("f1", float), ("support", int)):
+        if key in prf:
+            out[key] = [kind(v) for v in np.asarray(prf[key]).ravel()]
+    for key in ("macro_precision", "macro_recall", "macro_f1"):
+        if key in prf:
+            out[key] = float(prf[key])
+    return out

@@ -1,0 +1,159 @@
+"""The `cnnkit` command run in-process on tiny generated IDX files (CNNKIT_DATA points at them)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cnnkit.cli import main
+from cnnkit.io.checkpoint import load_checkpoint
+
+from train_helpers import is_png, write_fake_mnist
+
+RUN_FILES = ["best.safetensors", "confusion_matrix.png", "curves.png", "filters.png", "history.csv",
+             "last.safetensors", "metrics.json", "predictions.png", "run.json"]
+
+
+@pytest.fixture
+def data_env(tmp_path, monkeypatch):
+    write_fake_mnist(tmp_path / "data" / "fashion-mnist")
+    monkeypatch.setenv("CNNKIT_DATA", str(tmp_path / "data"))
+    return tmp_path
+
+
+def _train(out, *extra):
+    return main(["train", "--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "2",
+                 "--batch-size", "16", "--out", str(out), *extra])
+
+
+def test_train_writes_everything_and_ends_with_the_test_accuracy(data_env, capsys):
+    out = data_env / "run"
+    assert _train(out) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("test accuracy: ")
+    assert sum(line.startswith("epoch ") for line in printed) == 2
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES
+    for png in out.glob("*.png"):
+        assert is_png(png)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
+    assert f"{100 * metrics['test_accuracy']:.2f}%" in printed[-1]
+    assert metrics["test_samples"] == 60
+    assert set(metrics["per_class"]) == {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                                         "Shirt", "Sneaker", "Bag", "Ankle boot"}
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 60
+    assert metrics["config"]["optimizer"] == "adam"  # lenet's preset
+    ckpt = load_checkpoint(out / "best.safetensors")
+    assert ckpt.config == {"name": "lenet", "kwargs": {"num_classes": 10, "in_channels": 1, "input_size": 28}}
+    meta = ckpt.meta
+    assert meta["classes"][0] == "T-shirt/top" and meta["input_shape"] == [1, 28, 28]
+    assert meta["normalize"] == {"mean": [0.286], "std": [0.353]} and meta["dataset"] == "fashion-mnist"
+    rows = (out / "history.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("epoch,loss,accuracy,val_loss,val_accuracy,lr") and len(rows) == 3
+
+
+def test_same_seed_same_result_and_resume_after_a_crash(data_env, monkeypatch):
+    straight, crashed = data_env / "a", data_env / "b"
+    assert _train(straight, "--augment", "--scheduler", "onecycle") == 0
+
+    # "kill -9" right after the first epoch's checkpoint: the CSV logger (run after the
+    # checkpoint callbacks) dies, nothing else of the run happens.
+    from cnnkit.train import callbacks
+
+    real = callbacks.CSVLogger.on_epoch_end
+
+    def die(self, epoch, logs=None):
+        if epoch == 1:
+            raise SystemExit("killed")
+        real(self, epoch, logs)
+
+    monkeypatch.setattr(callbacks.CSVLogger, "on_epoch_end", die)
+    with pytest.raises(SystemExit):
+        _train(crashed, "--augment", "--scheduler", "onecycle")
+    monkeypatch.setattr(callbacks.CSVLogger, "on_epoch_end", real)
+    assert load_checkpoint(crashed / "last.safetensors").meta["epoch"] == 1
+    assert main(["train", "--out", str(crashed), "--resume"]) == 0
+    a = load_checkpoint(straight / "last.safetensors").state_dict
+    b = load_checkpoint(crashed / "last.safetensors").state_dict
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    ma = json.loads((straight / "metrics.json").read_text())
+    mb = json.loads((crashed / "metrics.json").read_text())
+    assert ma["test_accuracy"] == mb["test_accuracy"] and ma["test_loss"] == mb["test_loss"]
+
+
+def test_ctrl_c_prints_how_to_resume(data_env, monkeypatch, capsys):
+    from cnnkit.train import fit as fit_module
+
+    real_step = fit_module.TrainingLoop._train_step
+    calls = {"n": 0}
+
+    def step(self, x, y):
+        result = real_step(self, x, y)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            self.interrupt_for_test = True
+            import os
+            import signal
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C
+        return result
+
+    monkeypatch.setattr(fit_module.TrainingLoop, "_train_step", step)
+    out = data_env / "run"
+    assert _train(out) == 130
+    text = capsys.readouterr().out
+    assert f"Resume with: cnnkit train --out {out} --resume" in text
+    ckpt = load_checkpoint(out / "last.safetensors")
+    assert ckpt.meta["train_state"]["batch"] == 3
+    monkeypatch.setattr(fit_module.TrainingLoop, "_train_step", real_step)
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+
+
+def test_resume_refuses_changed_settings(data_env, capsys):
+    out = data_env / "run"
+    assert _train(out, "--epochs", "1") == 2  # --epochs given twice: argparse keeps the last
+    capsys.readouterr()
+    assert _train(out, "--epochs", "1", "--limit-train", "50") == 0
+    assert main(["train", "--out", str(out), "--resume", "--lr", "0.5"]) == 2
+    assert "cannot resume with different settings: --lr 0.5" in capsys.readouterr().err
+    assert main(["train", "--out", str(data_env / "nothing"), "--resume"]) == 2
+
+
+def test_evaluate_summary_datasets(data_env, capsys):
+    out = data_env / "run"
+    assert _train(out, "--epochs", "1") == 0
+    acc_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["evaluate", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Ankle boot" in text and "accuracy" in text
+    # Same weights (best checkpoint), same data: the same accuracy as the training run printed.
+    pct = acc_line.split()[2]
+    assert pct in text.strip().splitlines()[-1]
+    assert main(["evaluate", str(out / "last.safetensors"), "--dataset", "fashion-mnist"]) == 0
+    capsys.readouterr()
+
+    assert main(["summary", "fashion_cnn"]) == 0
+    text = capsys.readouterr().out
+    assert "Total params" in text and "(1, 10)" in text
+    assert main(["summary", "lenet", "--input-shape", "3,32,32", "--num-classes", "5"]) == 0
+    assert "(1, 5)" in capsys.readouterr().out
+
+    assert main(["datasets"]) == 0
+    text = capsys.readouterr().out
+    assert "fashion-mnist" in text and str(data_env / "data") in text
+
+
+def test_unknown_names_list_the_valid_ones(data_env, capsys):
+    assert main(["train", "--model", "nope", "--dataset", "fashion-mnist", "--out", str(data_env / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'nope'" in err and "lenet" in err and "fashion_cnn" in err
+    assert main(["train", "--model", "lenet", "--dataset", "imagenet", "--out", str(data_env / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown dataset 'imagenet'" in err and "fashion-mnist, mnist, cifar10" in err
+    assert main(["summary", "nope"]) == 2
+    assert "available models" in capsys.readouterr().err
+    assert main(["evaluate", str(data_env / "missing")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    assert main([]) == 2

@@ -1,0 +1,244 @@
+"""Conv2d and ZeroPad2d: float64 gradient checks, PyTorch parity, errors, init, dtypes."""
+
+import math
+
+import numpy as np
+import pytest
+
+import cnnkit
+from cnnkit.nn import Conv2d, ZeroPad2d
+
+# (name, constructor kwargs, input shape N, C, H, W)
+CONFIGS = [
+    ("basic_3x3", dict(in_channels=3, out_channels=4, kernel_size=3), (2, 3, 7, 6)),
+    ("pad1", dict(in_channels=2, out_channels=3, kernel_size=3, padding=1), (2, 2, 5, 5)),
+    ("stride2_odd", dict(in_channels=2, out_channels=3, kernel_size=3, stride=2, padding=1), (2, 2, 7, 9)),
+    ("nonsquare", dict(in_channels=2, out_channels=3, kernel_size=(3, 2), stride=(2, 1), padding=(1, 0)), (1, 2, 7, 5)),
+    ("dilation", dict(in_channels=2, out_channels=2, kernel_size=3, dilation=2, padding=2), (2, 2, 7, 7)),
+    ("dilation_stride", dict(in_channels=2, out_channels=2, kernel_size=(2, 3), dilation=(2, 1), stride=(1, 2)), (1, 2, 8, 7)),
+    ("groups2", dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, groups=2), (2, 4, 5, 6)),
+    ("depthwise", dict(in_channels=3, out_channels=3, kernel_size=3, padding=1, groups=3), (2, 3, 6, 5)),
+    ("depthwise_mult2_s2", dict(in_channels=2, out_channels=4, kernel_size=3, stride=2, padding=1, groups=2), (2, 2, 7, 7)),
+    ("no_bias_1x1", dict(in_channels=3, out_channels=5, kernel_size=1, bias=False), (2, 3, 4, 3)),
+    ("same_s1_even_k", dict(in_channels=2, out_channels=3, kernel_size=4, padding="same"), (2, 2, 6, 5)),
+    ("same_s2_tf", dict(in_channels=2, out_channels=3, kernel_size=3, stride=2, padding="same"), (2, 2, 8, 7)),
+    ("same_s2_depthwise", dict(in_channels=3, out_channels=3, kernel_size=5, stride=2, padding="same", groups=3), (1, 3, 9, 8)),
+    ("valid", dict(in_channels=1, out_channels=2, kernel_size=5, padding="valid"), (2, 1, 8, 9)),
+    ("batch1_big_pad", dict(in_channels=2, out_channels=2, kernel_size=3, padding=3), (1, 2, 4, 4)),
+]
+IDS = [c[0] for c in CONFIGS]
+
+
+@pytest.mark.parametrize("name,kwargs,shape", CONFIGS, ids=IDS)
+def test_gradcheck_float64(name, kwargs, shape):
+    # Input, weight and bias against central differences, random read-only upstream grad.
+    rng = np.random.default_rng(1)
+    cnnkit.manual_seed(0)
+    layer = Conv2d(**kwargs)
+    assert cnnkit.gradcheck(layer, rng.standard_normal(shape), rtol=1e-6, atol=1e-8)
+    assert layer.weight.dtype == np.float32  # restored after the check
+
+
+def test_float64_layer_gives_float64():
+    layer = Conv2d(2, 3, 3, padding=1).double()
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4))
+    out = layer(x)
+    assert out.dtype == np.float64
+    assert layer.backward(np.ones_like(out)).dtype == np.float64 and layer.weight.grad.dtype == np.float64
+
+
+def _torch_conv(torch, kwargs, shape, layer):
+    """The PyTorch twin of ``layer`` (TF-style 'same' with stride > 1 becomes F.pad + conv)."""
+    kw = dict(kwargs)
+    pad = None
+    if kw.get("padding") == "same" and kw.get("stride", 1) != 1:
+        from cnnkit.nn.functional import resolve_conv_padding
+        t, b, l, r = resolve_conv_padding("same", shape[2:], layer.kernel_size, layer.stride, layer.dilation)
+        pad = (l, r, t, b)
+        kw["padding"] = 0
+    conv = torch.nn.Conv2d(**kw).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(layer.weight.data.astype(np.float64)))
+        if layer.bias is not None:
+            conv.bias.copy_(torch.from_numpy(layer.bias.data.astype(np.float64)))
+    conv = conv.float()
+
+    def run(xt):
+        if pad is not None:
+            xt = torch.nn.functional.pad(xt, pad)
+        return conv(xt)
+
+    return conv, run
+
+
+@pytest.mark.parametrize("name,kwargs,shape", CONFIGS, ids=IDS)
+def test_parity_with_torch_float32(name, kwargs, shape):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    cnnkit.manual_seed(0)
+    layer = Conv2d(**kwargs)
+    x = rng.standard_normal(shape).astype(np.float32)
+    out = layer(x)
+    conv, run = _torch_conv(torch, kwargs, shape, layer)
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    ot = run(xt)
+    assert out.dtype == np.float32 and out.shape == tuple(ot.shape)
+    np.testing.assert_allclose(out, ot.detach().numpy(), rtol=1e-4, atol=1e-5)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    g.setflags(write=False)
+    gx = layer.backward(g)
+    ot.backward(torch.from_numpy(g.copy()))
+    assert gx.dtype == np.float32 and layer.weight.grad.dtype == np.float32
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(layer.weight.grad, conv.weight.grad.numpy(), rtol=1e-4, atol=1e-4)
+    if layer.bias is not None:
+        np.testing.assert_allclose(layer.bias.grad, conv.bias.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_same_padding_matches_torch_same_stride1():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    for k, d in [(3, 1), (4, 1), (5, 2), (2, 3)]:
+        layer = Conv2d(2, 3, k, padding="same", dilation=d)
+        x = rng.standard_normal((1, 2, 7, 6)).astype(np.float32)
+        conv = torch.nn.Conv2d(2, 3, k, padding="same", dilation=d)
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(layer.weight.data))
+            conv.bias.copy_(torch.from_numpy(layer.bias.data))
+        np.testing.assert_allclose(layer(x), conv(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_tf_same_stride2_output_size_and_padding():
+    # TF rule: output ceil(H / s); odd padding pixel at the bottom / right.
+    from cnnkit.nn.functional import same_padding
+    assert same_padding(8, 3, 2) == (0, 1)
+    assert same_padding(7, 3, 2) == (1, 1)
+    assert same_padding(224, 3, 2) == (0, 1)
+    assert same_padding(5, 1, 2) == (0, 0)
+    layer = Conv2d(1, 1, 3, stride=2, padding="same")
+    for h in (7, 8, 9, 10):
+        assert layer(np.zeros((1, 1, h, h + 1), np.float32)).shape == (1, 1, math.ceil(h / 2), math.ceil((h + 1) / 2))
+
+
+def test_default_init_matches_pytorch_bounds_and_uses_global_seed():
+    cnnkit.manual_seed(123)
+    a = Conv2d(16, 32, 3)
+    cnnkit.manual_seed(123)
+    b = Conv2d(16, 32, 3)
+    np.testing.assert_array_equal(a.weight.data, b.weight.data)
+    bound = 1 / math.sqrt(16 * 9)
+    for p in (a.weight.data, a.bias.data):
+        assert p.dtype == np.float32
+        assert np.abs(p).max() <= bound
+    # Uniform on [-bound, bound]: std = bound / sqrt(3).
+    assert abs(a.weight.data.std() - bound / math.sqrt(3)) < 0.05 * bound
+    dw = Conv2d(8, 8, 3, groups=8)
+    assert dw.weight.shape == (8, 1, 3, 3)
+    assert np.abs(dw.weight.data).max() <= 1 / 3
+
+
+def test_state_dict_keys_match_pytorch():
+    torch = pytest.importorskip("torch")
+    layer = Conv2d(3, 4, (3, 5), groups=1, bias=True)
+    assert list(layer.state_dict()) == list(torch.nn.Conv2d(3, 4, (3, 5)).state_dict())
+    assert list(Conv2d(3, 4, 3, bias=False).state_dict()) == ["weight"]
+
+
+def test_error_messages():
+    layer = Conv2d(3, 16, 3)
+    with pytest.raises(ValueError, match=r"Conv2d\(3, 16, kernel_size=\(3, 3\).*expected input of shape "
+                                         r"\(N, 3, H, W\), got \(8, 1, 28, 28\)"):
+        layer(np.zeros((8, 1, 28, 28), np.float32))
+    with pytest.raises(ValueError, match=r"expected a 4-D input"):
+        layer(np.zeros((3, 28, 28), np.float32))
+    with pytest.raises(ValueError, match=r"too small for kernel_size"):
+        Conv2d(3, 4, 5)(np.zeros((1, 3, 4, 4), np.float32))
+    with pytest.raises(RuntimeError, match=r"backward\(\) called before forward"):
+        Conv2d(3, 4, 3).backward(np.zeros((1, 4, 2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"divisible by groups"):
+        Conv2d(3, 4, 3, groups=2)
+    with pytest.raises(ValueError, match=r"padding must be"):
+        Conv2d(3, 4, 3, padding="full")
+    with pytest.raises(ValueError, match=r"stride must be >= 1"):
+        Conv2d(3, 4, 3, stride=0)
+    with pytest.raises(ValueError, match=r"grad_out of shape"):
+        layer(np.zeros((1, 3, 5, 5), np.float32))
+        layer.backward(np.zeros((1, 16, 2, 2), np.float32))
+
+
+def test_needs_input_grad_false_skips_input_gradient():
+    rng = np.random.default_rng(4)
+    layer = Conv2d(2, 3, 3)
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    g = rng.standard_normal(layer(x).shape).astype(np.float32)
+    full = Conv2d(2, 3, 3)
+    full.load_state_dict(layer.state_dict())
+    full(x)
+    full.backward(g)
+    layer.needs_input_grad = False
+    assert layer.backward(g) is None
+    np.testing.assert_allclose(layer.weight.grad, full.weight.grad)
+
+
+def test_frozen_parameters_get_no_grad_and_grads_accumulate():
+    rng = np.random.default_rng(5)
+    layer = Conv2d(2, 3, 3)
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    g = rng.standard_normal(layer(x).shape).astype(np.float32)
+    layer.backward(g)
+    first = layer.weight.grad.copy()
+    layer(x)
+    layer.backward(g)
+    np.testing.assert_allclose(layer.weight.grad, 2 * first, rtol=1e-6)
+    layer.zero_grad()
+    layer.requires_grad_(False)
+    layer(x)
+    gx = layer.backward(g)
+    assert layer.weight.grad is None and layer.bias.grad is None
+    assert gx.shape == x.shape
+
+
+def test_float64_input_to_float32_layer_stays_float32_and_eval_mode_backward():
+    layer = Conv2d(1, 2, 3).eval()
+    out = layer(np.random.default_rng(6).standard_normal((1, 1, 5, 5)))
+    assert out.dtype == np.float32
+    assert layer.backward(np.ones(out.shape, np.float32)).shape == (1, 1, 5, 5)
+
+
+def test_outputs_are_not_overwritten_by_later_calls():
+    layer = Conv2d(2, 3, 3, padding=1)
+    rng = np.random.default_rng(7)
+    x1, x2 = (rng.standard_normal((2, 2, 5, 5)).astype(np.float32) for _ in range(2))
+    y1 = layer(x1)
+    keep = y1.copy()
+    layer(x2)
+    np.testing.assert_array_equal(y1, keep)
+
+
+# ---------------------------------------------------------------------------------- ZeroPad2d
+@pytest.mark.parametrize("padding", [1, (1, 2, 0, 3), (2, 0, 1, 1), (-1, 2, 1, -2)])
+def test_zeropad2d_parity_and_grad(padding):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    layer = ZeroPad2d(padding)
+    out = layer(x)
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    ot = torch.nn.ZeroPad2d(padding)(xt)
+    np.testing.assert_array_equal(out, ot.detach().numpy())
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    g.setflags(write=False)
+    ot.backward(torch.from_numpy(g.copy()))
+    np.testing.assert_array_equal(layer.backward(g), xt.grad.numpy())
+
+
+def test_zeropad2d_gradcheck_float64():
+    x = np.random.default_rng(9).standard_normal((1, 2, 3, 3))
+    assert cnnkit.gradcheck(ZeroPad2d((1, 0, 2, 1)), x, rtol=1e-6, atol=1e-8)
+
+
+def test_zeropad2d_errors():
+    with pytest.raises(TypeError, match="ZeroPad2d"):
+        ZeroPad2d((1, 2))
+    with pytest.raises(ValueError, match="4-D"):
+        ZeroPad2d(1)(np.zeros((2, 3), np.float32))

