@@ -58,21 +58,17 @@ def test_same_seed_same_result_and_resume_after_a_crash(data_env, monkeypatch):
     straight, crashed = data_env / "a", data_env / "b"
     assert _train(straight, "--augment", "--scheduler", "onecycle") == 0
 
-    # "kill -9" right after the first epoch's checkpoint: the CSV logger (run after the
-    # checkpoint callbacks) dies, nothing else of the run happens.
+    # "kill -9" when the second epoch starts: nothing else of the run happens.
     from cnnkit.train import callbacks
 
-    real = callbacks.CSVLogger.on_epoch_end
-
     def die(self, epoch, logs=None):
-        if epoch == 1:
+        if epoch == 2:
             raise SystemExit("killed")
-        real(self, epoch, logs)
 
-    monkeypatch.setattr(callbacks.CSVLogger, "on_epoch_end", die)
+    monkeypatch.setattr(callbacks.CSVLogger, "on_epoch_begin", die, raising=False)
     with pytest.raises(SystemExit):
         _train(crashed, "--augment", "--scheduler", "onecycle")
-    monkeypatch.setattr(callbacks.CSVLogger, "on_epoch_end", real)
+    monkeypatch.setattr(callbacks.CSVLogger, "on_epoch_begin", callbacks.Callback.on_epoch_begin)
     assert load_checkpoint(crashed / "last.safetensors").meta["epoch"] == 1
     assert main(["train", "--out", str(crashed), "--resume"]) == 0
     a = load_checkpoint(straight / "last.safetensors").state_dict
@@ -85,39 +81,40 @@ def test_same_seed_same_result_and_resume_after_a_crash(data_env, monkeypatch):
 
 
 def test_ctrl_c_prints_how_to_resume(data_env, monkeypatch, capsys):
-    from cnnkit.train import fit as fit_module
+    import os
+    import signal
 
-    real_step = fit_module.TrainingLoop._train_step
+    from cnnkit.train import TrainingLoop
+
+    real_step = TrainingLoop._train_step
     calls = {"n": 0}
 
     def step(self, x, y):
         result = real_step(self, x, y)
         calls["n"] += 1
         if calls["n"] == 3:
-            self.interrupt_for_test = True
-            import os
-            import signal
             os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C
         return result
 
-    monkeypatch.setattr(fit_module.TrainingLoop, "_train_step", step)
+    monkeypatch.setattr(TrainingLoop, "_train_step", step)
     out = data_env / "run"
     assert _train(out) == 130
     text = capsys.readouterr().out
     assert f"Resume with: cnnkit train --out {out} --resume" in text
     ckpt = load_checkpoint(out / "last.safetensors")
     assert ckpt.meta["train_state"]["batch"] == 3
-    monkeypatch.setattr(fit_module.TrainingLoop, "_train_step", real_step)
+    monkeypatch.setattr(TrainingLoop, "_train_step", real_step)
     assert main(["train", "--out", str(out), "--resume"]) == 0
 
 
 def test_resume_refuses_changed_settings(data_env, capsys):
     out = data_env / "run"
-    assert _train(out, "--epochs", "1") == 2  # --epochs given twice: argparse keeps the last
+    assert _train(out, "--epochs", "1", "--limit-train", "50") == 0  # the later --epochs wins
     capsys.readouterr()
-    assert _train(out, "--epochs", "1", "--limit-train", "50") == 0
     assert main(["train", "--out", str(out), "--resume", "--lr", "0.5"]) == 2
-    assert "cannot resume with different settings: --lr 0.5" in capsys.readouterr().err
+    assert "cannot resume with different settings: --lr 0.5 (the run has 0.002)" in capsys.readouterr().err
+    # Repeating the run's own settings is fine (nothing left to train: it just re-tests).
+    assert main(["train", "--out", str(out), "--resume", "--model", "lenet", "--limit-train", "50"]) == 0
     assert main(["train", "--out", str(data_env / "nothing"), "--resume"]) == 2
 
 

@@ -377,3 +377,37 @@ def test_torchscript_archive_is_explained(tmp_path):
         zf.writestr("scripted/code/__torch__.py", b"")
     with pytest.raises(TorchFileError, match="TorchScript"):
         load_torch(path)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_real_module_state_dict(tmp_path, fmt):
+    """A real module's state_dict carries ``_metadata`` (restored by pickle's BUILD opcode)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(2, 2))
+    net(torch.randn(2, 3, 4, 4)[..., :2, :2].repeat(1, 1, 2, 2))  # updates the BatchNorm statistics
+    path = tmp_path / "net.pth"
+    torch.save(net.state_dict(), path, _use_new_zipfile_serialization=FORMATS[fmt])
+    ours = load_torch(path)
+    ref = torch.load(path, weights_only=True)
+    assert list(ours) == list(ref) and "1.num_batches_tracked" in ours
+    for key, tensor in ref.items():
+        _assert_bit_exact(ours[key], tensor.numpy())
+
+
+def test_dtype_value_becomes_its_name(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save({"config": {"dtype": torch.float16}}, tmp_path / "c.pth")
+    assert read_torch(tmp_path / "c.pth") == {"config": {"dtype": "float16"}}
+
+
+def test_pickle_cannot_modify_the_allowed_functions(tmp_path):
+    # GLOBAL _rebuild_tensor_v2, then BUILD with slot state {'__defaults__': (...)}: with the real
+    # function on the stack this would change its defaults for every later load in the process.
+    evil = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n" + b"N}X\x0c\x00\x00\x00__defaults__K\x01\x85s\x86b.")
+    _zip_file(tmp_path / "evil.pth", evil)
+    with pytest.raises(TorchFileError, match=r"evil\.pth"):
+        read_torch(tmp_path / "evil.pth")
+    path = tmp_path / "ok.pth"
+    _zip_file(path, _tensor_pickle(6, 1, (2, 2), (1, 2)), [("data/0", np.arange(6, dtype="<f4").tobytes())])
+    np.testing.assert_array_equal(load_torch(path)["t"], np.array([[1, 3], [2, 4]], np.float32))

@@ -16,6 +16,7 @@ import numpy as np
 from .dataset import Dataset, images_to_float
 from .errors import DataFormatError
 
+PROGRESS_FROM = 2000  # show a progress bar when decoding at least this many images up front
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -113,8 +114,13 @@ class ImageFolder(Dataset):
                                  "array; use get_batch(indices), or lazy=False")
         return self._data
 
-    def _decode(self, paths) -> np.ndarray:
-        images = [decode_image(p, self.size_hw, self.grayscale) for p in paths]
+    def _decode(self, paths: list, progress: bool = False) -> np.ndarray:
+        items = paths
+        if progress:
+            from tqdm.auto import tqdm
+
+            items = tqdm(paths, desc=f"decoding {self.name}", unit="img", leave=False)
+        images = [decode_image(p, self.size_hw, self.grayscale) for p in items]
         shapes = {im.shape for im in images}
         if len(shapes) > 1:
             first = {}
@@ -126,7 +132,8 @@ class ImageFolder(Dataset):
         return np.stack(images)
 
     def _decode_all(self) -> np.ndarray:
-        return self._decode([p for p, _ in self.samples])
+        paths = [p for p, _ in self.samples]
+        return self._decode(paths, progress=len(paths) >= PROGRESS_FROM)
 
     def _load_batch(self, idx: np.ndarray):
         images = self._data[idx] if self._data is not None else self._decode(

@@ -36,17 +36,16 @@ def resolve_dataset(name: str, title: str, is_complete: Callable[[Path], bool], 
         try:
             download_into(cache)
         except DownloadError as e:
-            reason = f"download failed: {e}"
+            reason = f"failed: {e}"
         else:
             if is_complete(cache):
                 return cache
-            reason = f"download finished but {cache} is still incomplete"
+            reason = f"finished but {cache} is still incomplete"
     else:
-        reason = "download=False, so nothing was downloaded"
-    places_text = describe_places(places)
-    files = ", ".join(needed)
-    msg = (f"{title} not found. Looked for {files} in, in order:\n{places_text}\n"
-           f"Then: {reason} (from {', '.join(urls)}).\n"
+        reason = f"skipped (download=False); source: {', '.join(urls)}"
+    msg = (f"{title} not found: looked for {', '.join(needed)} in, in order:\n"
+           f"{describe_places(places)}\n"
+           f"Download: {reason}\n"
            f"To get the data: {hint + ', or ' if hint else ''}put the files in "
            f"$CNNKIT_DATA/{name} (or pass root=...), or run with download=True and network access "
            f"(files are saved to {cache}).")

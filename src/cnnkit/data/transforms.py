@@ -168,7 +168,10 @@ class RandomCrop:
         _check_batch(x, "RandomCrop")
         left, top, right, bottom = self.padding
         if any(self.padding):
-            x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=self.fill)
+            n, c, h, w = x.shape
+            padded = np.full((n, c, h + top + bottom, w + left + right), self.fill, dtype=x.dtype)
+            padded[:, :, top:top + h, left:left + w] = x
+            x = padded
         n, _, h, w = x.shape
         th, tw = self.size
         if th > h or tw > w:
@@ -281,8 +284,38 @@ def resize_matrix(in_size: int, out_size: int, interpolation: str = "bilinear",
     return weights / np.where(total == 0.0, 1.0, total)
 
 
+def _taps(matrix: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A banded resize matrix as (first input index (out,), weights (out, K)): only the nonzero taps."""
+    nz = matrix != 0
+    first = np.argmax(nz, axis=1)
+    last = matrix.shape[1] - 1 - np.argmax(nz[:, ::-1], axis=1)
+    k = int((last - first).max()) + 1
+    first = np.minimum(first, matrix.shape[1] - k)  # keep every window inside the input
+    cols = first[:, None] + np.arange(k)
+    return first, np.take_along_axis(matrix, cols, axis=1).astype(dtype)
+
+
+def _apply_taps(x: np.ndarray, axis: int, first: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Resize along ``axis``: out[..., i, ...] = sum_k weights[i, k] * x[..., first[i] + k, ...].
+
+    A loop over the K filter taps (a handful), each a vectorised gather + multiply-add, instead
+    of a dense matrix product that would spend almost all its work on zeros.
+    """
+    shape = [1] * x.ndim
+    shape[axis] = len(first)
+    out = None
+    for k in range(weights.shape[1]):
+        term = np.take(x, first + k, axis=axis)
+        term *= weights[:, k].reshape(shape)
+        if out is None:
+            out = term
+        else:
+            out += term
+    return out
+
+
 class Resize:
-    """Resize every sample with a separable filter (two matrix products, no per-image loop).
+    """Resize every sample with a separable filter (one pass per axis over the filter taps).
 
     Matches Pillow's ``Image.resize`` on float images (antialiased when shrinking).
 
@@ -316,22 +349,21 @@ class Resize:
         new_long = int(self.size * long / short)
         return (self.size, new_long) if h <= w else (new_long, self.size)
 
-    def _matrices(self, h, w, dtype):
+    def _taps(self, h, w, dtype):
         key = (h, w, np.dtype(dtype).str)
         if key not in self._cache:
             oh, ow = self.output_size(h, w)
-            mh = resize_matrix(h, oh, self.interpolation, self.antialias).astype(dtype)
-            mw = resize_matrix(w, ow, self.interpolation, self.antialias).T.astype(dtype)
-            self._cache = {key: (mh, np.ascontiguousarray(mw))}  # one entry: sizes rarely change
-        return self._cache[key]
+            self._cache = {key: (_taps(resize_matrix(h, oh, self.interpolation, self.antialias), dtype),
+                                 _taps(resize_matrix(w, ow, self.interpolation, self.antialias), dtype))}
+        return self._cache[key]  # one entry: a loader's image size rarely changes
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         _check_batch(x, "Resize")
         h, w = x.shape[2:]
         if self.output_size(h, w) == (h, w):
             return x.copy()
-        mh, mw = self._matrices(h, w, x.dtype)
-        return np.matmul(mh, np.matmul(x, mw))
+        taps_h, taps_w = self._taps(h, w, x.dtype)
+        return _apply_taps(_apply_taps(x, 3, *taps_w), 2, *taps_h)
 
     def __repr__(self) -> str:
         return f"Resize(size={self.size}, interpolation={self.interpolation!r})"

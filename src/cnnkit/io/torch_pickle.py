@@ -6,14 +6,14 @@ few globals that a state dict legitimately needs to inert stand-ins of our own a
 every other name with an error naming it. Nothing from torch is imported, nothing is called
 but the stand-ins below.
 
-Allowed:
-    collections.OrderedDict                 the state dict (and empty backward-hook dicts)
-    torch._utils._rebuild_tensor(_v2, _v3)  -> TensorRef (a placeholder, see below)
-    torch._utils._rebuild_parameter(_with_state)  -> the tensor inside
+Allowed (the functions are handed to the pickle as ``AllowedCall`` tuples, never themselves):
+    collections.OrderedDict                        the state dict (and empty backward-hook dicts)
+    torch._utils._rebuild_tensor(_v2, _v3)         -> TensorRef (a placeholder, see below)
+    torch._utils._rebuild_parameter(_with_state)   -> the tensor inside
     torch.<X>Storage, torch(.storage).UntypedStorage  -> StorageType (a name and a dtype)
-    torch.<dtype> (float32, uint16, ...)    -> TorchDType, for _rebuild_tensor_v3
-    torch.device                            -> the device string, e.g. "cpu" (a plain value; checkpoints
-                                               sometimes keep one and building a string runs nothing)
+    torch.<dtype> (float32, uint16, ...)           -> TorchDType, for _rebuild_tensor_v3
+    torch.device                                   -> its string, e.g. "cpu": checkpoints sometimes
+                                                      keep one, and building a string runs nothing
 Refused on purpose, among everything else: torch.storage._load_from_bytes (it unpickles
 nested bytes without restriction), torch._utils._rebuild_qtensor / sparse / meta tensors,
 numpy scalars, and every TorchScript ``__torch__`` class.
@@ -121,21 +121,32 @@ def _device(kind, index=None) -> str:
     return kind if index is None else f"{kind}:{index}"
 
 
-_FUNCTIONS: dict[tuple[str, str], Callable] = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch", "device"): _device,
+_FUNCTIONS: dict[str, Callable] = {
+    "collections.OrderedDict": OrderedDict,
+    "torch._utils._rebuild_tensor": _rebuild_tensor,
+    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
+    "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch.device": _device,
 }
+
+
+class AllowedCall(NamedTuple):
+    """What the pickle gets for an allowed function: a callable tuple. The functions above
+    stay out of the pickle's reach -- its BUILD opcode could otherwise set attributes such
+    as ``__defaults__`` on them and change later loads; a tuple cannot be modified."""
+
+    qualname: str
+
+    def __call__(self, *args):
+        return _FUNCTIONS[self.qualname](*args)
 
 
 def _allowed_global(module: str, name: str) -> Any:
     """The stand-in for ``module.name``, or None when the name is not allowed."""
-    if (module, name) in _FUNCTIONS:
-        return _FUNCTIONS[module, name]
+    if f"{module}.{name}" in _FUNCTIONS:
+        return AllowedCall(f"{module}.{name}")
     if module == "torch" and name in STORAGE_CLASSES:
         return StorageType(name, DTYPES[STORAGE_CLASSES[name]])
     if module in ("torch", "torch.storage") and name == UNTYPED_STORAGE:
@@ -247,6 +258,9 @@ def tensor_from_storage(ref: TensorRef, data: np.ndarray, byteorder: str, source
     return widen(out, ref.dtype)
 
 
+_STAND_INS = (StorageRef, StorageType, TorchDType, AllowedCall)
+
+
 def materialize(obj: Any, read_storage: Callable[[StorageRef], np.ndarray], byteorder: str, source: str) -> Any:
     """Replace every ``TensorRef`` in ``obj`` (nested dicts / lists / tuples) by its array.
 
@@ -262,7 +276,11 @@ def materialize(obj: Any, read_storage: Callable[[StorageRef], np.ndarray], byte
             if key not in cache:
                 cache[key] = read_storage(x.storage)
             return tensor_from_storage(x, cache[key], byteorder, source)
-        if isinstance(x, (dict, list, tuple)) and not isinstance(x, (StorageRef, StorageType, TorchDType)):
+        if isinstance(x, TorchDType):  # a torch dtype kept as a value, e.g. in a config dict
+            return x.name
+        if isinstance(x, _STAND_INS):  # checked before the container case: stand-ins are tuples too
+            raise TorchFileError(f"{source}: a bare {type(x).__name__} outside a tensor is not supported")
+        if isinstance(x, (dict, list, tuple)):
             if id(x) in busy:
                 raise TorchFileError(f"{source}: the pickle contains a cyclic structure")
             busy.add(id(x))
@@ -273,8 +291,6 @@ def materialize(obj: Any, read_storage: Callable[[StorageRef], np.ndarray], byte
                 return items if isinstance(x, list) else tuple(items)
             finally:
                 busy.discard(id(x))
-        if isinstance(x, (StorageRef, StorageType, TorchDType)):
-            raise TorchFileError(f"{source}: a bare {type(x).__name__} outside a tensor is not supported")
         return x
 
     return walk(obj)

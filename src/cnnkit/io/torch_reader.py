@@ -34,8 +34,9 @@ def read_torch(path: str | os.PathLike) -> Any:
     """Read the whole object stored in a PyTorch file (zip or legacy format).
 
     Tensors become NumPy arrays; dicts, lists, tuples, numbers, strings and None come back as
-    they are (``torch.device`` as its string). Only what a state dict or a simple training
-    checkpoint needs is accepted; anything else is refused before it could run.
+    they are; a ``torch.device`` becomes its string ("cpu", "cuda:0") and a ``torch.dtype`` its
+    name ("float32"). Only what a state dict or a simple training checkpoint needs is accepted;
+    anything else is refused before it could run.
 
     Args:
         path: the ``.pth`` / ``.pt`` file.

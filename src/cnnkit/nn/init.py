@@ -112,20 +112,20 @@ def normal_(tensor: Any, mean: float = 0.0, std: float = 1.0, generator: np.rand
     return _fill(tensor, get_generator(generator).normal(mean, std, size=arr.shape), "normal_")
 
 
-def constant_(tensor: Any, val: float) -> Any:
+def constant_(tensor: Any, val: float, _fn: str = "constant_") -> Any:
     """Fill with the constant ``val``."""
-    _array(tensor, "constant_")[...] = val
+    _array(tensor, _fn)[...] = val
     return tensor
 
 
 def zeros_(tensor: Any) -> Any:
     """Fill with 0."""
-    return constant_(tensor, 0.0)
+    return constant_(tensor, 0.0, "zeros_")
 
 
 def ones_(tensor: Any) -> Any:
     """Fill with 1."""
-    return constant_(tensor, 1.0)
+    return constant_(tensor, 1.0, "ones_")
 
 
 def xavier_uniform_(tensor: Any, gain: float = 1.0, generator: np.random.Generator | None = None) -> Any:

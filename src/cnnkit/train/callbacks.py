@@ -1,8 +1,8 @@
 """Callbacks: code that ``fit`` calls at fixed points of training (Keras' vocabulary).
 
 Every callback gets ``self.loop`` (the running training loop: ``model``, ``optimizer``,
-``scheduler``, ``history``, ``epochs``, ``stop_training`` and ``save_checkpoint(path)``) before
-``on_train_begin``. Epoch numbers are 1-based: ``on_epoch_end(3, logs)`` follows the third epoch.
+``scheduler``, ``history``, ``epochs``, ``stop_training``, ``save_checkpoint(path)`` and
+``request_checkpoint(path)``) before ``on_train_begin``. Epoch numbers are 1-based: ``on_epoch_end(3, logs)`` follows the third epoch.
 
 A callback whose decisions depend on the past (the best value so far, a patience counter)
 keeps that in ``state_dict()`` so a resumed run continues exactly where it stopped.
@@ -143,9 +143,12 @@ class ModelCheckpoint(Callback):
                 f"available fields: epoch, {', '.join(fields)}"
             ) from None
 
-    def _save(self, epoch: int, logs: dict) -> None:
+    def _save(self, epoch: int, logs: dict, now: bool = False) -> None:
         path = self._path(epoch, logs)
-        self.loop.save_checkpoint(path, meta=self.meta)
+        if now:
+            self.loop.save_checkpoint(path, meta=self.meta)
+        else:
+            self.loop.request_checkpoint(path, meta=self.meta)
         self.last_saved = path
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -165,7 +168,7 @@ class ModelCheckpoint(Callback):
 
     def on_interrupt(self, epoch: int, logs: dict | None = None) -> None:
         if self.save_on_interrupt:
-            self._save(epoch, {**(logs or {})})
+            self._save(epoch, {**(logs or {})}, now=True)
 
     def state_dict(self) -> dict:
         return {"best": self._tracker.best, "best_epoch": self._tracker.best_epoch}

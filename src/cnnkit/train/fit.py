@@ -115,6 +115,7 @@ class TrainingLoop:
         self.epoch, self.batch = self.initial_epoch, 0
         self.stop_training = False
         self.saved_checkpoints: list[str] = []
+        self._pending_saves: list[tuple[str, dict | None]] = []
         self._reset_epoch_sums()
         # Where the running epoch started (RNG states) and, on resume, where it stopped.
         self._epoch_start: dict | None = None
@@ -144,8 +145,13 @@ class TrainingLoop:
                                 "elapsed": self._elapsed, "classification": self._classification}
         return state
 
+    def request_checkpoint(self, path: str, meta: dict | None = None) -> None:
+        """Ask for a checkpoint at the end of this epoch: it is written once every callback has
+        seen the epoch's end, so it holds their final state (e.g. another callback's new best)."""
+        self._pending_saves.append((str(path), meta))
+
     def save_checkpoint(self, path: str, meta: dict | None = None) -> str:
-        """Write a resumable checkpoint (``cnnkit.save``) to ``path``; returns the path."""
+        """Write a resumable checkpoint (``cnnkit.save``) to ``path`` now; returns the path."""
         from ..io.checkpoint import save
 
         state = self.train_state()
@@ -281,8 +287,12 @@ class TrainingLoop:
         self.history.append(epoch, logs)
         if self.verbose:
             self.print(format_epoch_line(epoch, self.epochs, logs))
+        self._pending_saves = []
         for cb in self.callbacks:
             cb.on_epoch_end(epoch, logs)
+        for path, meta in self._pending_saves:
+            self.save_checkpoint(path, meta)
+        self._pending_saves = []
         return logs
 
     def run(self) -> History:

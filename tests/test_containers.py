@@ -1,0 +1,280 @@
+"""Sequential, Concat, Residual: list behaviour, chain rule, PyTorch parity, needs_input_grad."""
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+import cnnkit
+from cnnkit.gradient_check import gradcheck
+from cnnkit.nn import (BatchNorm1d, Concat, Dropout, Identity, Linear, Module, ReLU, Residual, Sequential,
+                       Sigmoid, Tanh)
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def _x(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+class Spy(Module):
+    """Identity that records how it was called (to test what containers skip)."""
+
+    def __init__(self):
+        super().__init__()
+        self.backward_calls = 0
+        self.flags_seen = []
+
+    def forward(self, x):
+        return x
+
+    def backward(self, grad_out):
+        self.backward_calls += 1
+        self.flags_seen.append(self.needs_input_grad)
+        return grad_out if self.needs_input_grad else None
+
+
+# ---------------------------------------------------------------------- Sequential as a list
+def test_sequential_indexing_slicing_len_iter_append():
+    a, b, c = Linear(3, 4), ReLU(), Linear(4, 2)
+    seq = Sequential(a, b)
+    assert len(seq) == 2 and seq[0] is a and seq[-1] is b and list(seq) == [a, b]
+    seq.append(c)
+    assert len(seq) == 3 and seq[2] is c
+    tail = seq[1:]
+    assert isinstance(tail, Sequential) and list(tail) == [b, c]
+    assert list(tail.state_dict()) == ["2.weight", "2.bias"]  # slices keep PyTorch's names
+    assert list(seq.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    with pytest.raises(IndexError, match="Sequential: index 3 is out of range for 3 modules"):
+        seq[3]
+    d = Linear(3, 4)
+    seq[0] = d
+    assert seq[0] is d and seq.state_dict()["0.weight"] is not None
+
+
+def test_sequential_from_ordered_dict_uses_names():
+    seq = Sequential(OrderedDict([("fc1", Linear(3, 4)), ("act", ReLU()), ("fc2", Linear(4, 2))]))
+    assert list(seq.state_dict()) == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    assert seq.fc1 is seq[0] and seq["act"] is seq[1]
+    assert "(fc1): Linear(in_features=3, out_features=4, bias=True)" in repr(seq)
+
+
+def test_sequential_state_dict_keys_match_torch():
+    torch = pytest.importorskip("torch")
+    ours = Sequential(Linear(3, 4), BatchNorm1d(4), ReLU(), Sequential(Linear(4, 2), Tanh()))
+    ref = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(),
+                              torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Tanh()))
+    assert list(ours.state_dict()) == list(ref.state_dict())
+
+
+def test_container_arguments_must_be_modules():
+    with pytest.raises(TypeError, match="Sequential: argument 1 must be a cnnkit.nn.Module, got ufunc"):
+        Sequential(Linear(2, 2), np.tanh)
+    with pytest.raises(TypeError, match="Concat: branch 0 must be a cnnkit.nn.Module"):
+        Concat("relu")
+    with pytest.raises(TypeError, match="Residual: body must be a cnnkit.nn.Module"):
+        Residual(None)
+    with pytest.raises(ValueError, match="Concat: needs at least one branch"):
+        Concat()
+
+
+# ---------------------------------------------------------------------- gradients
+def _mlp():
+    return Sequential(Linear(4, 5), Tanh(), Linear(5, 3), Sigmoid())
+
+
+CASES = {
+    "sequential": lambda: _mlp(),
+    "sequential_empty": lambda: Sequential(),
+    "sequential_nested_bn_dropout": lambda: Sequential(Sequential(Linear(4, 6), BatchNorm1d(6)), Tanh(),
+                                                       Dropout(0.3), Linear(6, 2)),
+    "concat": lambda: Concat(Linear(4, 3), Identity(), Sequential(Linear(4, 2), Tanh())),
+    "concat_dim_-1": lambda: Concat(Linear(4, 3), Tanh(), dim=-1),
+    "residual_identity": lambda: Residual(Sequential(Linear(4, 4), Tanh())),
+    "residual_shortcut": lambda: Residual(Sequential(Linear(4, 3), Tanh()), Linear(4, 3, bias=False)),
+    "residual_in_sequential": lambda: Sequential(Linear(4, 4), Residual(Sequential(Tanh(), Linear(4, 4))),
+                                                 Concat(Identity(), Sigmoid())),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_gradcheck(name):
+    cnnkit.manual_seed(0)
+    assert gradcheck(CASES[name](), _x((5, 4)))
+
+
+def test_shared_input_gradients_add():
+    # Concat of two identities: d/dx of [x, x] . [g1, g2] is g1 + g2.
+    cat = Concat(Identity(), Identity())
+    x = _x((2, 3))
+    cat(x)
+    g = _x((2, 6), 1)
+    g.flags.writeable = False
+    np.testing.assert_allclose(cat.backward(g), g[:, :3] + g[:, 3:])
+    res = Residual(Identity())
+    res(x)
+    np.testing.assert_allclose(res.backward(g[:, :3]), 2 * g[:, :3])
+
+
+# ---------------------------------------------------------------------- PyTorch parity
+def _copy_to_torch(torch, ours, ref):
+    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()})
+
+
+def _run_both(torch, ours, ref, x, g, ref_forward=None):
+    xt = torch.tensor(x, requires_grad=True)
+    yt = ref_forward(xt) if ref_forward else ref(xt)
+    yt.backward(torch.from_numpy(g))
+    y = ours(x)
+    gx = ours.backward(g)
+    assert y.dtype == np.float32 and gx.dtype == np.float32
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=RTOL, atol=ATOL)
+    ref_params = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        np.testing.assert_allclose(p.grad, ref_params[name].grad.numpy(), rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+def test_sequential_matches_torch():
+    torch = pytest.importorskip("torch")
+    ours = Sequential(Linear(6, 8), BatchNorm1d(8), ReLU(), Linear(8, 3))
+    ref = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    _copy_to_torch(torch, ours, ref)
+    _run_both(torch, ours, ref, _x((7, 6)).astype(np.float32), _x((7, 3), 1).astype(np.float32))
+
+
+def test_concat_and_residual_match_torch():
+    torch = pytest.importorskip("torch")
+    a, b, s = Linear(5, 3), Sequential(Linear(5, 4), Tanh()), Linear(5, 7)
+    ours = Residual(Concat(a, b), s)
+    ta, tb, ts = torch.nn.Linear(5, 3), torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh()), torch.nn.Linear(5, 7)
+    ref = torch.nn.ModuleDict({"body": torch.nn.ModuleDict({"0": ta, "1": tb}), "shortcut": ts})
+    _copy_to_torch(torch, ours, ref)
+
+    def ref_forward(xt):
+        return torch.cat([ta(xt), tb(xt)], dim=1) + ts(xt)
+
+    _run_both(torch, ours, ref, _x((4, 5)).astype(np.float32), _x((4, 7), 1).astype(np.float32), ref_forward)
+
+
+# ---------------------------------------------------------------------- needs_input_grad
+def test_sequential_propagates_needs_input_grad_to_first_child():
+    first, second = Linear(3, 3), Linear(3, 3)
+    seq = Sequential(first, second)
+    seq.needs_input_grad = False
+    assert first.needs_input_grad is False and second.needs_input_grad is True
+    x = _x((2, 3)).astype(np.float32)
+    seq(x)
+    assert seq.backward(np.ones((2, 3), np.float32)) is None
+    assert first.weight.grad is not None and second.weight.grad is not None
+    seq.needs_input_grad = True
+    assert first.needs_input_grad is True
+    appended = Sequential()
+    appended.needs_input_grad = False
+    layer = Linear(2, 2)
+    appended.append(layer)
+    assert layer.needs_input_grad is False
+
+
+def test_needs_input_grad_false_gives_the_same_parameter_grads():
+    cnnkit.manual_seed(0)
+    model = Sequential(Linear(4, 5), Tanh(), Residual(Sequential(Linear(5, 5), Tanh())),
+                       Concat(Linear(5, 2), Identity()))
+    x = _x((3, 4)).astype(np.float32)
+    g = _x((3, 7), 1).astype(np.float32)
+    model(x)
+    model.backward(g)
+    expected = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.needs_input_grad = False
+    model(x)
+    assert model.backward(g) is None
+    for n, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, expected[n], rtol=1e-6, err_msg=n)
+
+
+def test_frozen_prefix_is_skipped_in_backward():
+    spy_in, spy_mid, head = Spy(), Spy(), Linear(3, 2)
+    backbone = Linear(3, 3)
+    backbone.requires_grad_(False)
+    model = Sequential(spy_in, backbone, spy_mid, head)
+    model.needs_input_grad = False
+    x = _x((2, 3)).astype(np.float32)
+    model(x)
+    assert model.backward(np.ones((2, 2), np.float32)) is None
+    assert spy_in.backward_calls == 0 and backbone.weight.grad is None
+    # the first trainable layer is the head: it is asked for no input gradient, and the flag is restored
+    assert spy_mid.backward_calls == 0 and head.weight.grad is not None and head.needs_input_grad is True
+    # with an input gradient needed, everything runs
+    model.needs_input_grad = True
+    model(x)
+    assert model.backward(np.ones((2, 2), np.float32)).shape == (2, 3)
+    assert spy_in.backward_calls == 1 and spy_mid.backward_calls == 1
+
+
+def test_trainable_layer_after_frozen_gets_flag_only_during_backward():
+    spy = Spy()
+    lin = Linear(3, 3)
+    model = Sequential(Sequential(spy, lin), Tanh())
+    model.needs_input_grad = False
+    assert spy.needs_input_grad is False  # propagated through the nested Sequential
+    model(_x((2, 3)).astype(np.float32))
+    model.backward(np.ones((2, 3), np.float32))
+    assert spy.backward_calls == 0 and lin.weight.grad is not None
+
+
+def test_concat_and_residual_propagate_needs_input_grad():
+    a, b = Linear(2, 2), Linear(2, 2)
+    cat = Concat(a, b)
+    cat.needs_input_grad = False
+    assert not a.needs_input_grad and not b.needs_input_grad
+    body, short = Linear(2, 2), Linear(2, 2)
+    res = Residual(body, short)
+    res.needs_input_grad = False
+    assert not body.needs_input_grad and not short.needs_input_grad
+    x = _x((3, 2)).astype(np.float32)
+    res(x)
+    assert res.backward(np.ones((3, 2), np.float32)) is None
+    assert body.weight.grad is not None and short.weight.grad is not None
+
+
+# ---------------------------------------------------------------------- errors, behaviour
+def test_shape_errors():
+    with pytest.raises(ValueError, match=r"Concat: branch outputs must match except along dim 1; got shapes \(2, 3\), \(2, 4, 1\)"):
+        Concat(Linear(2, 3), Sequential(Linear(2, 4), _Unsqueeze()))(np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"Residual: body output shape \(2, 3\) does not match input shape \(2, 2\).*shortcut"):
+        Residual(Linear(2, 3))(np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match="Concat: dim 3 is out of range"):
+        Concat(Identity(), dim=3)(np.ones((2, 2), np.float32))
+    with pytest.raises(RuntimeError, match="before forward"):
+        Sequential(Linear(2, 2)).backward(np.ones((1, 2), np.float32))
+    with pytest.raises(RuntimeError, match="Concat.*before forward"):
+        Concat(Identity()).backward(np.ones((1, 2), np.float32))
+
+
+class _Unsqueeze(Module):
+    def forward(self, x):
+        return x[..., None]
+
+    def backward(self, grad_out):
+        return grad_out[..., 0]
+
+
+def test_train_eval_recurses_into_containers():
+    drop = Dropout(0.5)
+    model = Sequential(Residual(Sequential(drop)), Concat(BatchNorm1d(2)))
+    model.eval()
+    assert all(not m.training for m in model.modules())
+    model.train()
+    assert drop.training
+
+
+def test_grad_out_is_never_written():
+    model = Sequential(Linear(3, 4), ReLU(), Concat(Identity(), Tanh()), Residual(Identity()))
+    x = _x((2, 3)).astype(np.float32)
+    model(x)
+    g = _x((2, 8), 1).astype(np.float32)
+    g_copy = g.copy()
+    g.flags.writeable = False
+    model.backward(g)
+    np.testing.assert_array_equal(g, g_copy)
