@@ -83,16 +83,27 @@ def test_state_dict_keys_and_shapes_equal_the_reference():
     assert sum(p.numel() for p in ref.parameters()) == efficientnet_lite0(num_classes=10).num_parameters()
 
 
-def test_forward_and_backward_match_the_reference_in_training_mode():
-    # BatchNorm on batch statistics, no dropout / drop-connect (random in both libraries).
+def _parity(dtype, training):
+    """Forward, input gradient and every parameter gradient against the reference.
+
+    No dropout / drop-connect (random in both libraries). In eval mode BatchNorm uses random
+    running statistics, so that they matter."""
     torch, ref = _reference(num_classes=10, image_size=64, dropout_rate=0.0, drop_connect_rate=0.0)
-    ref.train()
+    rng = np.random.default_rng(1)
+    with torch.no_grad():
+        for mod in ref.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.copy_(torch.from_numpy(rng.normal(0, 0.1, mod.num_features)))
+                mod.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, mod.num_features)))
     ours = efficientnet_lite0(num_classes=10, dropout=0.0)
     ours.load_state_dict({k: v.numpy() for k, v in ref.state_dict().items()})
-    ours.train()
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 3, 64, 64)).astype(np.float32)
-    g = rng.standard_normal((2, 10)).astype(np.float32)
+    if dtype == np.float64:
+        ref.double()
+        ours.double()
+    ref.train(training)
+    ours.train(training)
+    x = rng.standard_normal((2, 3, 64, 64)).astype(dtype)
+    g = rng.standard_normal((2, 10)).astype(dtype)
 
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     yt = ref(xt)
@@ -101,17 +112,34 @@ def test_forward_and_backward_match_the_reference_in_training_mode():
     g.setflags(write=False)
     gx = ours.backward(g)
 
-    _close(y, yt.detach().numpy(), what="logits")
-    _close(gx, xt.grad.numpy(), what="input gradient")
-    assert gx.dtype == np.float32
+    rel = 1e-4 if dtype == np.float32 else 1e-9
+    _close(y, yt.detach().numpy(), rel, "logits")
+    _close(gx, xt.grad.numpy(), rel, "input gradient")
+    assert y.dtype == dtype and gx.dtype == dtype
     ref_params = dict(ref.named_parameters())
+    # One scale for all parameter gradients: some are exactly zero in theory (a BatchNorm bias
+    # followed, through 1x1 convolutions, only by BatchNorms on batch statistics).
+    scale = max(float(np.abs(p.grad.numpy()).max()) for p in ref_params.values())
     for name, p in ours.named_parameters():
-        assert p.grad is not None and p.grad.dtype == np.float32, name
-        _close(p.grad, ref_params[name].grad.numpy(), what=f"grad of {name}")
+        assert p.grad is not None and p.grad.dtype == dtype, name
+        err = float(np.abs(p.grad - ref_params[name].grad.numpy()).max())
+        assert err <= rel * scale, f"grad of {name}: max abs error {err:.3g} > {rel} x {scale:.3g}"
     ref_state = ref.state_dict()
-    for name, arr in ours.state_dict().items():  # running statistics after one step (momentum)
+    for name, arr in ours.state_dict().items():  # running statistics after the step (momentum)
         if "running" in name:
-            _close(arr, ref_state[name].numpy(), what=name)
+            _close(arr, ref_state[name].numpy(), rel, name)
+
+
+def test_forward_and_backward_match_the_reference_float32_eval():
+    _parity(np.float32, training=False)
+
+
+def test_forward_and_backward_match_the_reference_training_mode():
+    # Training-mode BatchNorm over 2 x 2 x 2 values per channel in the last stages is badly
+    # conditioned in float32: forward rounding (~1e-5 relative, in PyTorch too) flips ReLU6
+    # masks of pre-activations within 1e-5 of 0, which changes gradients by whole entries.
+    # The exact comparison of the same computation is therefore made in float64.
+    _parity(np.float64, training=True)
 
 
 @pytest.mark.parametrize("cin, cout, k, s, e", [(4, 4, 3, 1, 2), (4, 6, 5, 2, 3), (4, 3, 3, 1, 1)])

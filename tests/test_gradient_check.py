@@ -101,7 +101,9 @@ def test_module_state_is_restored():
     before = {k: v.copy() for k, v in model.state_dict().items()}
     grads = {n: p.grad.copy() for n, p in model.named_parameters()}
     rng_state = cnnkit.random.get_rng_state()
+    running_mean = model[1].running_mean
     assert gradcheck(model, x)
+    assert model[1].running_mean is running_mean
     for k, v in model.state_dict().items():
         assert v.dtype == before[k].dtype, k
         np.testing.assert_array_equal(v, before[k], err_msg=k)  # running stats too

@@ -206,4 +206,5 @@ def test_parameter_order_does_not_depend_on_hash_seed():
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
         outputs.add(res.stdout)
     assert len(outputs) == 1
-    assert outputs.pop().startswith("0.weight,0.bias,1.weight,1.bias,extra,zeta.weight,zeta.bias,alpha.weight")
+    # a module's own parameters first, then its children in assignment order (as PyTorch)
+    assert outputs.pop().startswith("extra,0.weight,0.bias,1.weight,1.bias,zeta.weight,zeta.bias,alpha.weight")

@@ -21,11 +21,11 @@ class _Crash(Exception):
     """Stands for kill -9: the process dies, nothing after this point runs."""
 
 
-class _CrashAfterEpoch(Callback):
+class _CrashAtEpochStart(Callback):
     def __init__(self, epoch):
         self.epoch = epoch
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.epoch:
             raise _Crash
 
@@ -73,7 +73,7 @@ def test_resume_after_kill_at_epoch_end_is_bit_exact(tmp_path):
     model, loss_fn, opt, sched, train, val = tiny_setup(epochs=EPOCHS)
     with pytest.raises(_Crash):
         fit(model, loss_fn, opt, train, val, epochs=EPOCHS, scheduler=sched, verbose=0,
-            callbacks=[ModelCheckpoint(last), _CrashAfterEpoch(2)])
+            callbacks=[ModelCheckpoint(last), _CrashAtEpochStart(3)])
     assert load_checkpoint(last).meta["epoch"] == 2
     # A new process: everything rebuilt from scratch with the same seed, then resumed.
     model, loss_fn, opt, sched, train, val = tiny_setup(epochs=EPOCHS)
@@ -139,7 +139,7 @@ def test_callback_state_and_csv_survive_a_resume(tmp_path):
     stop = EarlyStopping(monitor="val_loss", patience=10)
     with pytest.raises(_Crash):
         fit(model, loss_fn, opt, train, val, epochs=EPOCHS, scheduler=sched, verbose=0,
-            callbacks=[ModelCheckpoint(last), best, stop, CSVLogger(csv_path), _CrashAfterEpoch(2)])
+            callbacks=[ModelCheckpoint(last), best, stop, CSVLogger(csv_path), _CrashAtEpochStart(3)])
     saved_best = best.best
     model, loss_fn, opt, sched, train, val = tiny_setup(epochs=EPOCHS)
     best2 = ModelCheckpoint(tmp_path / "best.safetensors", monitor="val_loss", save_best_only=True)

@@ -109,7 +109,7 @@ class _Snapshot:
 
     def __init__(self, module: Module | None):
         self.params: list[tuple[Parameter, np.ndarray, np.ndarray | None]] = []
-        self.buffers: list[tuple[Module, str, Any]] = []
+        self.buffers: list[tuple[Module, str, Any, Any]] = []
         self.generators: list[tuple[np.random.Generator, dict]] = []
         self.global_rng = _random.get_rng_state()
         if module is None:
@@ -119,7 +119,9 @@ class _Snapshot:
                 if p is not None:
                     self.params.append((p, p.data, p.grad))
             for n, b in m._buffers.items():
-                self.buffers.append((m, n, None if b is None else np.array(b, copy=True)))
+                # Keep the original object and its value: integer buffers are not cast by
+                # ``to(float64)``, so the check's forward passes update them in place.
+                self.buffers.append((m, n, b, None if b is None else np.array(b, copy=True)))
             for v in vars(m).values():
                 if isinstance(v, np.random.Generator):
                     self.generators.append((v, v.bit_generator.state))
@@ -134,8 +136,10 @@ class _Snapshot:
         self.replay_randomness()
         for p, data, grad in self.params:
             p.data, p.grad = data, grad
-        for m, n, b in self.buffers:
-            m._buffers[n] = b
+        for m, n, original, value in self.buffers:
+            if isinstance(original, np.ndarray) and original.flags.writeable:
+                original[...] = value
+            m._buffers[n] = original
 
 
 def _compare(name: str, analytic: np.ndarray, numeric: np.ndarray, atol: float, rtol: float) -> TensorCheck:

@@ -158,10 +158,11 @@ class Subset(Dataset):
         return self.dataset.data[self.indices]
 
     def _load_batch(self, idx):
-        return _parent_batch(self.dataset, self.indices[idx])
+        return batch_of(self.dataset, self.indices[idx])
 
 
-def _parent_batch(dataset, idx: np.ndarray):
+def batch_of(dataset, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x float32, y int64)`` for ``idx``: ``dataset.get_batch`` when it has one, else stacked samples."""
     if hasattr(dataset, "get_batch"):
         return dataset.get_batch(idx)
     samples = [dataset[int(i)] for i in idx]

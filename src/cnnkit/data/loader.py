@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ..random import get_generator
-from .dataset import _parent_batch
+from .dataset import batch_of
 
 
 class DataLoader:
@@ -66,7 +66,7 @@ class DataLoader:
         self.epochs_started += 1
         for k in range(len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
-            x, y = _parent_batch(self.dataset, idx)
+            x, y = batch_of(self.dataset, idx)
             if self.transform is not None:
                 x = self.transform(x)
             yield x, y

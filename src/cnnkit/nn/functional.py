@@ -20,12 +20,9 @@ functions take the upstream gradient and that cache.
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
 
 import numpy as np
 
-from ._buffers import workspace
 
 __all__ = [
     "pair", "conv_output_size", "same_padding", "resolve_conv_padding", "pool_output_size",
@@ -40,159 +37,10 @@ __all__ = [
 ]
 
 
-# ---------------------------------------------------------------------------------- sizes
-def pair(value, name: str = "value", minimum: int = 1) -> tuple[int, int]:
-    """``value`` (an int or a pair of ints) as a tuple of two ints, each >= ``minimum``."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        out = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
-    ):
-        out = (int(value[0]), int(value[1]))
-    else:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(out) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return out
-
-
-def conv_output_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int = 1) -> int:
-    """Output length of a convolution along one axis (floor mode)."""
-    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TensorFlow's 'same' padding ``(before, after)`` along one axis: the output has
-    ``ceil(size / stride)`` elements and the odd pixel goes after (bottom / right).
-    For stride 1 this equals PyTorch's ``padding='same'``."""
-    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-def resolve_conv_padding(padding, size_hw: tuple[int, int], kernel: tuple[int, int],
-                         stride: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Convolution padding (int, pair, 'valid' or 'same') as ``(top, bottom, left, right)``."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return 0, 0, 0, 0
-        if padding == "same":
-            top, bottom = same_padding(size_hw[0], kernel[0], stride[0], dilation[0])
-            left, right = same_padding(size_hw[1], kernel[1], stride[1], dilation[1])
-            return top, bottom, left, right
-        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
-    ph, pw = pair(padding, "padding", minimum=0)
-    return ph, ph, pw, pw
-
-
-def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
-    """Output length of a pooling window along one axis, with PyTorch's ceil_mode rule:
-    in ceil mode the last window must start inside the input or the left padding."""
-    span = size + 2 * pad - kernel
-    if ceil_mode:
-        out = -(-span // stride) + 1
-        if (out - 1) * stride >= size + pad:
-            out -= 1
-    else:
-        out = span // stride + 1
-    return out
-
-
-def _tap_windows(in_size: int, out_size: int, kernel: int, stride: int, dilation: int,
-                 pad_before: int) -> list:
-    """For every kernel tap along one axis: ``(out_slice, in_slice)`` covering the outputs
-    whose tap reads a pixel inside the input (not in the padding), or None if none does."""
-    taps = []
-    for i in range(kernel):
-        off = i * dilation - pad_before           # input index read by output 0
-        o0 = max(0, -(off // stride))             # first output reading index >= 0
-        o1 = min(out_size, (in_size - 1 - off) // stride + 1) if in_size - 1 - off >= 0 else 0
-        if o1 <= o0:
-            taps.append(None)
-            continue
-        start = off + o0 * stride
-        taps.append((slice(o0, o1), slice(start, start + (o1 - o0 - 1) * stride + 1, stride)))
-    return taps
-
-
-def _nhwc(x: np.ndarray) -> np.ndarray:
-    """The NHWC view of an NCHW array (no copy)."""
-    return x.transpose(0, 2, 3, 1)
-
-
-def _nchw(x: np.ndarray) -> np.ndarray:
-    """The NCHW view of an NHWC array (no copy)."""
-    return x.transpose(0, 3, 1, 2)
-
-
-# ---------------------------------------------------------------------------------- im2col
-def im2col(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
-           pads: tuple[int, int, int, int], out_hw: tuple[int, int], groups: int = 1,
-           out: np.ndarray | None = None) -> np.ndarray:
-    """Columns of a convolution.
-
-    Args:
-        x: input in NHWC order (any strides), shape (N, H, W, C).
-        kernel, stride, dilation: pairs (h, w).
-        pads: (top, bottom, left, right) zero padding (not materialised).
-        out_hw: output size (Ho, Wo).
-        groups: G; the channels split into G groups of C // G.
-        out: optional destination of the result's shape.
-
-    Returns:
-        Array of shape (G, N, Ho, Wo, kh, kw, C // G): row (n, ho, wo) of group g holds the
-        receptive field of output pixel (n, ho, wo), taps row-major, channels last.
-    """
-    n, h, w, c = x.shape
-    kh, kw = kernel
-    ho, wo = out_hw
-    cg = c // groups
-    shape = (groups, n, ho, wo, kh, kw, cg)
-    cols = np.empty(shape, dtype=x.dtype) if out is None else out
-    xg = x.reshape(n, h, w, groups, cg).transpose(3, 0, 1, 2, 4)
-    hwin = _tap_windows(h, ho, kh, stride[0], dilation[0], pads[0])
-    wwin = _tap_windows(w, wo, kw, stride[1], dilation[1], pads[2])
-    for i, hw in enumerate(hwin):
-        for j, ww in enumerate(wwin):
-            dst = cols[:, :, :, :, i, j, :]
-            if hw is None or ww is None:
-                dst[...] = 0
-                continue
-            (ho_s, hi_s), (wo_s, wi_s) = hw, ww
-            dst[:, :, ho_s, wo_s] = xg[:, :, hi_s, wi_s]
-            # The outputs whose tap falls in the padding read zeros.
-            if ho_s.start > 0:
-                dst[:, :, : ho_s.start] = 0
-            if ho_s.stop < ho:
-                dst[:, :, ho_s.stop:] = 0
-            if wo_s.start > 0:
-                dst[:, :, ho_s, : wo_s.start] = 0
-            if wo_s.stop < wo:
-                dst[:, :, ho_s, wo_s.stop:] = 0
-    return cols
-
-
-def col2im(cols: np.ndarray, in_hw: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
-           pads: tuple[int, int, int, int], out: np.ndarray | None = None) -> np.ndarray:
-    """Adjoint of ``im2col``: scatter-add columns (G, N, Ho, Wo, kh, kw, Cg) back into an
-    NHWC image (N, H, W, G*Cg). Padding taps are dropped."""
-    g, n, ho, wo, kh, kw, cg = cols.shape
-    h, w = in_hw
-    if out is None:
-        out = np.zeros((n, h, w, g * cg), dtype=cols.dtype)
-    else:
-        out[...] = 0
-    og = out.reshape(n, h, w, g, cg).transpose(3, 0, 1, 2, 4)
-    hwin = _tap_windows(h, ho, kh, stride[0], dilation[0], pads[0])
-    wwin = _tap_windows(w, wo, kw, stride[1], dilation[1], pads[2])
-    for i, hw in enumerate(hwin):
-        if hw is None:
-            continue
-        for j, ww in enumerate(wwin):
-            if ww is None:
-                continue
-            (ho_s, hi_s), (wo_s, wi_s) = hw, ww
-            og[:, :, hi_s, wi_s] += cols[:, :, ho_s, wo_s, i, j, :]
-    return out
+from ._conv_kernels import (depthwise_backward, depthwise_forward, gemm_conv_forward,
+                            gemm_conv_input_grad, gemm_conv_weight_grad)
+from ._im2col import (col2im, conv_output_size, im2col, nchw as _nchw, nhwc as _nhwc, pair,
+                      pool_output_size, resolve_conv_padding, same_padding, tap_windows as _tap_windows)
 
 
 # ---------------------------------------------------------------------------------- conv
@@ -245,52 +93,13 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
     xt = _nhwc(x)
     geometry = dict(kernel=(kh, kw), stride=stride, dilation=dilation, pads=pads, out_hw=(ho, wo))
     if groups > 1 and cg == 1:
-        out = _depthwise_forward(xt, weight, geometry)
+        out = depthwise_forward(xt, weight, geometry)
     else:
-        out = _gemm_conv_forward(xt, weight, groups, geometry)
+        out = gemm_conv_forward(xt, weight, groups, geometry)
     if bias is not None:
         out += bias.astype(out.dtype, copy=False)
     cache = (xt, groups, geometry) if keep_cache else None
     return _nchw(out), cache
-
-
-def _gemm_conv_forward(xt, weight, groups, geo):
-    n = xt.shape[0]
-    o, cg, kh, kw = weight.shape
-    ho, wo = geo["out_hw"]
-    og, m, k = o // groups, n * ho * wo, kh * kw * cg
-    cols = workspace.get("conv_cols", (groups, n, ho, wo, kh, kw, cg), xt.dtype)
-    im2col(xt, geo["kernel"], geo["stride"], geo["dilation"], geo["pads"], (ho, wo), groups, out=cols)
-    # weight (G*Og, Cg, kh, kw) -> (G, K, Og), K ordered (kh, kw, Cg) like the columns.
-    wk = weight.reshape(groups, og, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(groups, k, og)
-    out = np.empty((n, ho, wo, o), dtype=xt.dtype)
-    if groups == 1:
-        np.matmul(cols.reshape(m, k), wk[0], out=out.reshape(m, o))
-    else:
-        np.matmul(cols.reshape(groups, m, k), wk, out=out.reshape(m, groups, og).transpose(1, 0, 2))
-    return out
-
-
-def _depthwise_forward(xt, weight, geo):
-    """groups == C (one input channel per group): a tap loop of broadcast multiply-adds is
-    far cheaper than G tiny GEMMs."""
-    n, h, w, c = xt.shape
-    o, _, kh, kw = weight.shape
-    mult = o // c
-    ho, wo = geo["out_hw"]
-    out = np.zeros((n, ho, wo, c, mult), dtype=xt.dtype)
-    wv = weight.reshape(c, mult, kh, kw)
-    hwin = _tap_windows(h, ho, kh, geo["stride"][0], geo["dilation"][0], geo["pads"][0])
-    wwin = _tap_windows(w, wo, kw, geo["stride"][1], geo["dilation"][1], geo["pads"][2])
-    for i, hw in enumerate(hwin):
-        if hw is None:
-            continue
-        for j, ww in enumerate(wwin):
-            if ww is None:
-                continue
-            (ho_s, hi_s), (wo_s, wi_s) = hw, ww
-            out[:, ho_s, wo_s] += xt[:, hi_s, wi_s, :, None] * wv[:, :, i, j]
-    return out.reshape(n, ho, wo, o)
 
 
 def conv2d_backward(grad_out: np.ndarray, cache, weight: np.ndarray, need_input_grad: bool = True,
@@ -318,62 +127,11 @@ def conv2d_backward(grad_out: np.ndarray, cache, weight: np.ndarray, need_input_
     g = np.ascontiguousarray(_nhwc(grad_out))  # (N, Ho, Wo, O)
     gb = g.reshape(-1, o).sum(axis=0) if need_bias_grad else None
     if groups > 1 and cg == 1:
-        gx, gw = _depthwise_backward(g, xt, weight, geo, need_input_grad, need_weight_grad)
+        gx, gw = depthwise_backward(g, xt, weight, geo, need_input_grad, need_weight_grad)
     else:
-        gx, gw = _gemm_conv_backward(g, xt, weight, groups, geo, need_input_grad, need_weight_grad)
+        gw = gemm_conv_weight_grad(g, xt, weight.shape, groups, geo) if need_weight_grad else None
+        gx = gemm_conv_input_grad(g, weight, groups, geo, xt.shape) if need_input_grad else None
     return (None if gx is None else _nchw(gx)), gw, gb
-
-
-def _gemm_conv_backward(g, xt, weight, groups, geo, need_input_grad, need_weight_grad):
-    n, h, w, c = xt.shape
-    o, cg, kh, kw = weight.shape
-    ho, wo = geo["out_hw"]
-    og, m, k = o // groups, n * ho * wo, kh * kw * cg
-    g3 = g.reshape(m, groups, og).transpose(1, 0, 2)  # (G, M, Og) view
-    cols = workspace.get("conv_cols", (groups, n, ho, wo, kh, kw, cg), xt.dtype)
-    gw = gx = None
-    if need_weight_grad:
-        # The columns are rebuilt rather than kept from forward: keeping them for every
-        # layer until backward would multiply the training-step memory.
-        im2col(xt, geo["kernel"], geo["stride"], geo["dilation"], geo["pads"], (ho, wo), groups, out=cols)
-        gwk = np.matmul(g3.transpose(0, 2, 1), cols.reshape(groups, m, k))  # (G, Og, K)
-        gw = gwk.reshape(groups, og, kh, kw, cg).transpose(0, 1, 4, 2, 3).reshape(o, cg, kh, kw)
-        gw = np.ascontiguousarray(gw)
-    if need_input_grad:
-        wk = weight.reshape(groups, og, cg, kh, kw).transpose(0, 1, 3, 4, 2).reshape(groups, og, k)
-        gcols = cols  # the columns are no longer needed: reuse their memory
-        np.matmul(g3, wk, out=gcols.reshape(groups, m, k))
-        gx = col2im(gcols, (h, w), geo["stride"], geo["dilation"], geo["pads"])
-    return gx, gw
-
-
-def _depthwise_backward(g, xt, weight, geo, need_input_grad, need_weight_grad):
-    n, h, w, c = xt.shape
-    o, _, kh, kw = weight.shape
-    mult = o // c
-    ho, wo = geo["out_hw"]
-    g5 = g.reshape(n, ho, wo, c, mult)
-    wv = weight.reshape(c, mult, kh, kw)
-    gw = np.zeros((c, mult, kh, kw), dtype=xt.dtype) if need_weight_grad else None
-    gx = np.zeros((n, h, w, c), dtype=xt.dtype) if need_input_grad else None
-    hwin = _tap_windows(h, ho, kh, geo["stride"][0], geo["dilation"][0], geo["pads"][0])
-    wwin = _tap_windows(w, wo, kw, geo["stride"][1], geo["dilation"][1], geo["pads"][2])
-    for i, hw in enumerate(hwin):
-        if hw is None:
-            continue
-        for j, ww in enumerate(wwin):
-            if ww is None:
-                continue
-            (ho_s, hi_s), (wo_s, wi_s) = hw, ww
-            gsub = g5[:, ho_s, wo_s]
-            if need_weight_grad:
-                gw[:, :, i, j] = np.einsum("nhwc,nhwcm->cm", xt[:, hi_s, wi_s], gsub)
-            if need_input_grad:
-                if mult == 1:
-                    gx[:, hi_s, wi_s] += gsub[..., 0] * wv[:, 0, i, j]
-                else:
-                    gx[:, hi_s, wi_s] += np.einsum("nhwcm,cm->nhwc", gsub, wv[:, :, i, j])
-    return gx, (None if gw is None else gw.reshape(o, 1, kh, kw))
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride=1, padding=0,
