@@ -5,7 +5,8 @@
     cnnkit predict lenet_fashion.safetensors some_image.png           # use the result
 
 The images are found in /usr/share/datasets/fashion-mnist or wherever
-``cnnkit.data.FashionMNIST`` looks (see its docstring); pass --data to point elsewhere.
+``cnnkit.data.FashionMNIST`` looks (see its docstring); pass --data to point elsewhere, or
+--download to fetch them (checksummed) when they are not found.
 """
 
 import argparse
@@ -23,12 +24,14 @@ parser.add_argument("--limit", type=int, default=0, help="use only this many tra
 parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--lr", type=float, default=2e-3)
 parser.add_argument("--data", default=None, help="folder holding the Fashion-MNIST IDX files")
+parser.add_argument("--download", action="store_true", help="download Fashion-MNIST if it is not found")
 parser.add_argument("--out", default="lenet_fashion.safetensors")
 parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()
 
 cnnkit.manual_seed(args.seed)  # weights, shuffling and the split below are reproducible
-train_set, test_set = FashionMNIST(root=args.data, train=True), FashionMNIST(root=args.data, train=False)
+train_set = FashionMNIST(root=args.data, train=True, download=args.download)
+test_set = FashionMNIST(root=args.data, train=False, download=args.download)
 if args.limit:
     train_set = Subset(train_set, np.arange(min(args.limit, len(train_set))))
     test_set = Subset(test_set, np.arange(min(args.limit, len(test_set))))
@@ -49,7 +52,7 @@ history = train.fit(model, loss_fn, optimizer, train_loader, val_loader, epochs=
 result = train.evaluate(model, test_loader, loss_fn)
 # The meta keys are what `cnnkit predict` reads to preprocess new images the same way.
 cnnkit.save(model, args.out, optimizer=optimizer, meta={
-    "classes": list(FashionMNIST.CLASSES), "input_shape": [1, 28, 28], "dataset": "fashion-mnist",
+    "classes": list(train_set.classes), "input_shape": [1, 28, 28], "dataset": "fashion-mnist",
     "normalize": {"mean": [0.2860], "std": [0.3530]}, "epoch": args.epochs})
 print(f"final val accuracy: {history.history['val_accuracy'][-1]:.4f}")
 print(f"test loss: {result['loss']:.4f}")

@@ -278,3 +278,33 @@ def test_grad_out_is_never_written():
     g.flags.writeable = False
     model.backward(g)
     np.testing.assert_array_equal(g, g_copy)
+
+
+def test_small_cnn_overfits_one_batch_with_plain_gradient_descent():
+    """End to end: containers + layers + CrossEntropyLoss drive the loss of one batch near zero."""
+    from cnnkit.nn import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, CrossEntropyLoss, Flatten, MaxPool2d
+
+    cnnkit.manual_seed(0)
+    model = Sequential(
+        Conv2d(1, 8, 3, padding=1), BatchNorm2d(8), ReLU(), MaxPool2d(2),
+        Residual(Sequential(Conv2d(8, 8, 3, padding=1), ReLU())),
+        Concat(Conv2d(8, 4, 1), AdaptiveAvgPool2d(4)),
+        Flatten(), Dropout(0.1), Linear(12 * 16, 3),
+    )
+    model.needs_input_grad = False
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 12)
+    loss_fn = CrossEntropyLoss()
+    first = None
+    for _ in range(60):
+        model.zero_grad()
+        value = loss_fn(model(x), y)
+        first = value if first is None else first
+        assert model.backward(loss_fn.backward()) is None
+        for p in model.parameters():
+            p.data -= 0.1 * p.grad
+    model.eval()
+    final = loss_fn(model(x), y)
+    assert final < 0.1 * first
+    assert np.all(model(x).argmax(axis=1) == y)

@@ -103,9 +103,23 @@ def _to_display(images: np.ndarray) -> tuple[np.ndarray, str | None]:
     return x, ("gray" if x.ndim == 3 else None)
 
 
+def _mosaic(images: np.ndarray, cols: int, pad: int, fill: float = 1.0) -> np.ndarray:
+    """(N, h, w[, 3]) -> one image with the N tiles on a grid of ``cols`` columns.
+
+    One image in one axes draws far faster than one axes per tile."""
+    n, h, w = images.shape[:3]
+    rows = math.ceil(n / cols)
+    shape = (rows * (h + pad) + pad, cols * (w + pad) + pad) + images.shape[3:]
+    canvas = np.full(shape, fill, dtype=np.float32)
+    for i in range(n):  # a loop over tiles (at most a few dozen), not over pixels
+        r, c = divmod(i, cols)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[i]
+    return canvas
+
+
 def plot_predictions(images: np.ndarray, targets: Sequence[int], preds: Sequence[int],
                      classes: Sequence[str], path: str | os.PathLike, max_images: int = 25) -> str:
-    """A grid of images titled "predicted (true)": green when right, red when wrong.
+    """A grid of images labelled "predicted (true)": green when right, red when wrong.
 
     Args:
         images: (N, C, H, W) floats in [0, 1] (or uint8, or normalised: stretched for display).
@@ -120,16 +134,20 @@ def plot_predictions(images: np.ndarray, targets: Sequence[int], preds: Sequence
     x, cmap = _to_display(np.asarray(images)[:n])
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
+    h, w = x.shape[1:3]
+    label_space = max(h // 2, 10)  # room above each tile for two lines of text
+    canvas = _mosaic(x, cols, pad=label_space)
     fig = Figure(figsize=(1.9 * cols, 2.1 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for i, ax in enumerate(axes):
-        ax.axis("off")
-        if i >= n:
-            continue
-        ax.imshow(x[i], cmap=cmap, vmin=0, vmax=1)
+    ax = fig.subplots()
+    ax.imshow(canvas, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    for i in range(n):
+        r, c = divmod(i, cols)
         t, p = int(targets[i]), int(preds[i])
-        ax.set_title(f"{classes[p]}\n({classes[t]})", fontsize=8, color="green" if p == t else "red")
-    fig.suptitle("predicted (true)")
+        ax.text(label_space + c * (w + label_space) + w / 2, label_space + r * (h + label_space) - 1,
+                f"{classes[p]}\n({classes[t]})", ha="center", va="bottom", fontsize=8,
+                color="green" if p == t else "red")
+    ax.set_title("predicted (true)")
     return _save(fig, path)
 
 
@@ -154,16 +172,13 @@ def plot_filters(weight: np.ndarray, path: str | os.PathLike, max_filters: int =
     lo = imgs.min(axis=axes_dims, keepdims=True)
     hi = imgs.max(axis=axes_dims, keepdims=True)
     imgs = (imgs - lo) / np.maximum(hi - lo, 1e-12)
-    n = len(imgs)
-    cols = min(8, n)
-    rows = math.ceil(n / cols)
+    cols = min(8, len(imgs))
+    rows = math.ceil(len(imgs) / cols)
     fig = Figure(figsize=(1.2 * cols, 1.2 * rows + 0.4))
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for i, ax in enumerate(axes):
-        ax.axis("off")
-        if i < n:
-            ax.imshow(imgs[i], cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-    fig.suptitle(f"first-layer filters ({weight.shape[2]}x{weight.shape[3]})")
+    ax = fig.subplots()
+    ax.imshow(_mosaic(imgs, cols, pad=1), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(f"first-layer filters ({weight.shape[2]}x{weight.shape[3]})")
     return _save(fig, path)
 
 

@@ -15,12 +15,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activation import log_softmax, sigmoid
+from .activation import sigmoid
 from .module import Module
 
 __all__ = ["CrossEntropyLoss", "MSELoss", "L1Loss", "BCEWithLogitsLoss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+
+def _log_softmax_and_softmax(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise log-softmax and softmax of (M, C) logits with one exp pass (max-shifted)."""
+    shifted = z - z.max(axis=-1, keepdims=True)
+    probs = np.exp(shifted)
+    total = probs.sum(axis=-1, keepdims=True)
+    probs /= total
+    shifted -= np.log(total)
+    return shifted, probs
 
 
 class _Loss(Module):
@@ -140,7 +150,7 @@ class CrossEntropyLoss(_Loss):
             w = self.weight.astype(pred.dtype, copy=False)
         # Class axis last, so every row is one prediction; a view for (N, C) input.
         z = np.moveaxis(pred, 1, -1).reshape(-1, n_classes)
-        logp = log_softmax(z, axis=-1)
+        logp, probs = _log_softmax_and_softmax(z)
         eps = self.label_smoothing
         if np.issubdtype(target.dtype, np.floating):
             if target.shape != pred.shape:
@@ -150,7 +160,7 @@ class CrossEntropyLoss(_Loss):
                     f"{target.shape} (float targets are class probabilities and need the input's shape "
                     f"{pred.shape}); convert labels with target.astype(np.int64)"
                 )
-            loss, cache = self._forward_probs(logp, target, w, n_classes, eps)
+            loss, cache = self._forward_probs(logp, probs, target, w, n_classes, eps)
             loss_shape = pred.shape[:1] + pred.shape[2:]
             denom = loss.size
         elif np.issubdtype(target.dtype, np.integer):
@@ -160,7 +170,7 @@ class CrossEntropyLoss(_Loss):
                     f"CrossEntropyLoss: target shape {target.shape} does not match input shape {pred.shape}; "
                     f"expected class indices of shape {expected}"
                 )
-            loss, cache, denom = self._forward_index(logp, target.reshape(-1), w, n_classes, eps)
+            loss, cache, denom = self._forward_index(logp, probs, target.reshape(-1), w, n_classes, eps)
             loss_shape = expected
         else:
             raise TypeError(f"CrossEntropyLoss: target must hold integer class indices, got dtype {target.dtype}")
@@ -172,7 +182,7 @@ class CrossEntropyLoss(_Loss):
             return float(loss.sum())
         return float(loss.sum() / denom) if denom else float("nan")
 
-    def _forward_index(self, logp, t, w, n_classes, eps):
+    def _forward_index(self, logp, probs, t, w, n_classes, eps):
         valid = t != self.ignore_index
         bad = valid & ((t < 0) | (t >= n_classes))
         if bad.any():
@@ -190,16 +200,16 @@ class CrossEntropyLoss(_Loss):
             loss = (1 - eps) * loss + (eps / n_classes) * smooth
         # PyTorch's 'mean' divides by the summed target weights (the count when unweighted).
         denom = wt.sum()
-        cache = ("index", np.exp(logp), t_safe, wt, valid, w)
+        cache = ("index", probs, t_safe, wt, valid, w)
         return loss.astype(logp.dtype, copy=False), cache, denom
 
-    def _forward_probs(self, logp, target, w, n_classes, eps):
+    def _forward_probs(self, logp, probs, target, w, n_classes, eps):
         t = np.moveaxis(target.astype(logp.dtype, copy=False), 1, -1).reshape(-1, n_classes)
         if eps > 0:
             t = t * (1 - eps) + eps / n_classes
         wt = t * w if w is not None else t
         loss = -(logp * wt).sum(axis=-1)
-        return loss, ("probs", np.exp(logp), wt)
+        return loss, ("probs", probs, wt)
 
     def backward(self, grad=None) -> np.ndarray:
         cache, shape, denom, squeeze = self._need_cache(self._cache)
