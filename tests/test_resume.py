@@ -158,3 +158,19 @@ def test_resume_from_a_file_without_training_state_is_a_clear_error(tmp_path):
     cnnkit.save(model, tmp_path / "weights.safetensors")
     with pytest.raises(ValueError, match="no training state"):
         fit(model, loss_fn, opt, train, epochs=1, verbose=0, resume=tmp_path / "weights.safetensors")
+
+
+def test_second_ctrl_c_aborts_without_saving(tmp_path):
+    class TwoSigints(Callback):
+        def on_batch_end(self, batch, logs=None):
+            if self.loop.epoch == 2 and batch == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # sets the flag
+                os.kill(os.getpid(), signal.SIGINT)  # aborts at once
+
+    last = tmp_path / "last.safetensors"
+    model, loss_fn, opt, sched, train, val = tiny_setup(epochs=EPOCHS)
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(model, loss_fn, opt, train, val, epochs=EPOCHS, scheduler=sched, verbose=0, print_fn=lambda s: None,
+            callbacks=[ModelCheckpoint(last), TwoSigints()])
+    assert info.value.checkpoints == []
+    assert load_checkpoint(last).meta["epoch"] == 1

@@ -20,7 +20,8 @@ How it works, and why it is fast:
    through those blocks only.
 5. Every epoch is evaluated on the held-out split (accuracy, per-class and macro F1); the best
    epoch by macro F1 is saved to ``out_dir/best.safetensors`` with the metadata that
-   ``cnnkit predict`` needs, and ``out_dir/report.json`` records the run.
+   ``cnnkit predict`` needs; the final weights go to ``last.safetensors`` and
+   ``out_dir/report.json`` records the run.
 
 ``cnnkit finetune --model efficientnet_lite0 --data FOLDER --out DIR [--epochs --lr
 --batch-size --unfreeze-blocks --seed]`` runs the same from the command line.
@@ -44,6 +45,7 @@ from .nn.module import Module
 
 SUPPORTED_MODELS = ("efficientnet_lite0",)
 CHECKPOINT_NAME = "best.safetensors"
+LAST_NAME = "last.safetensors"
 REPORT_NAME = "report.json"
 
 
@@ -80,26 +82,19 @@ def balanced_class_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, per-class precision / recall / F1 / support, and their macro averages."""
-    k = len(classes)
-    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
-    cm = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(support > 0, tp / support, 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    present = support > 0
+def held_out_report(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, per-class precision / recall / F1 / support and macro averages (JSON-able),
+    computed with ``cnnkit.train.metrics``."""
+    from .train.metrics import confusion_matrix, precision_recall_f1
+
+    cm = confusion_matrix(np.asarray(y_pred, dtype=np.int64), np.asarray(y_true, dtype=np.int64), len(classes))
+    prf = precision_recall_f1(cm)
     return {
-        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
-        "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
-        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]),
-                          "f1": float(f1[i]), "support": int(support[i])} for i, c in enumerate(classes)},
+        "accuracy": prf["accuracy"], "macro_f1": prf["macro_f1"],
+        "macro_precision": prf["macro_precision"], "macro_recall": prf["macro_recall"],
+        "per_class": {c: {"precision": float(prf["precision"][i]), "recall": float(prf["recall"][i]),
+                          "f1": float(prf["f1"][i]), "support": int(prf["support"][i])}
+                      for i, c in enumerate(classes)},
         "confusion_matrix": cm.tolist(),
     }
 
@@ -138,12 +133,13 @@ def _extract_cache(samples, prefix, batch_size: int, log) -> np.ndarray:
     """Preprocess every image and run the frozen prefix once; returns the stacked outputs."""
     out = []
     t0 = time.perf_counter()
+    live = sys.stdout.isatty()  # a progress line that rewrites itself only on a terminal
     for i in range(0, len(samples), batch_size):
         x = efficientnet_batch([p for p, _ in samples[i:i + batch_size]])
         out.append(_run(prefix, x))
-        done = min(i + batch_size, len(samples))
-        log(f"  features {done}/{len(samples)} images ({time.perf_counter() - t0:.1f} s)", end="\r")
-    log("")
+        if live:
+            log(f"\r  {min(i + batch_size, len(samples))}/{len(samples)} images", end="")
+    log(f"{chr(13) if live else ''}  {len(samples)} images in {time.perf_counter() - t0:.1f} s")
     return np.concatenate(out)
 
 
@@ -194,12 +190,13 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
              seed: int = 0, unfreeze_blocks: int = 0, unfreeze_epochs: int = 3,
              unfreeze_lr: float | None = None, class_weights: str | list | None = "balanced",
              weight_decay: float = 1e-4, weights_path: str | os.PathLike | None = None,
-             verbose: bool = True) -> dict:
+             test_dir: str | os.PathLike | None = None, verbose: bool = True) -> dict:
     """Fine-tune a pretrained model on an image folder; keep the best epoch by held-out macro F1.
 
     Args:
         data_dir: ``data_dir/<class name>/<image files>`` (any size; colour or grey).
-        out_dir: where ``best.safetensors`` and ``report.json`` are written (created if needed).
+        out_dir: where ``best.safetensors``, ``last.safetensors`` and ``report.json`` are written
+            (created if needed).
         model: the pretrained zoo model (``"efficientnet_lite0"``).
         epochs: epochs of classifier training on the cached features.
         lr: Adam learning rate of the classifier.
@@ -213,13 +210,16 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
         class_weights: ``"balanced"``, None (unweighted), or one weight per class.
         weight_decay: AdamW weight decay.
         weights_path: a ``.pth`` file to use instead of the packaged pretrained weights.
+        test_dir: optionally, a separate image folder (same class names) on which the best
+            checkpoint is evaluated at the end (``result["test"]``).
         verbose: print progress and the final report.
 
     Returns:
         dict with ``checkpoint`` (path), ``classes``, ``val`` (metrics of the best epoch:
         accuracy, macro_f1, per_class, confusion_matrix), ``best_epoch``, ``best_phase``,
         ``history`` (per-epoch train loss, val accuracy and macro F1), ``n_train``, ``n_val``,
-        ``seconds`` (feature extraction, training, total). Also written to ``report.json``.
+        ``seconds`` (feature extraction, training, total), and ``test`` (metrics on
+        ``test_dir``) when given. Also written to ``report.json``.
     """
     from . import manual_seed, save
     from .data import ImageFolder
@@ -289,7 +289,7 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
     ckpt_path = out_dir / CHECKPOINT_NAME
 
     def consider(phase: str, epoch: int, train_loss: float, logits: np.ndarray) -> None:
-        val = classification_report(y_val, logits.argmax(axis=1), classes)
+        val = held_out_report(y_val, logits.argmax(axis=1), classes)
         history.append({"phase": phase, "epoch": epoch, "train_loss": train_loss,
                         "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
         mark = ""
@@ -301,48 +301,84 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
         log(f"  [{phase}] epoch {epoch:3d}  loss {train_loss:.4f}  val acc {val['accuracy']:.3f}  "
             f"val macro F1 {val['macro_f1']:.3f}{mark}")
 
+    rng = np.random.default_rng(seed)
+
+    def train_phase(phase: str, modules: list[Module], params, phase_lr: float, n_epochs: int,
+                    x_tr: np.ndarray, x_val: np.ndarray) -> None:
+        view = _make_net(modules)
+        trainer = _Trainer(view, loss_fn, AdamW(params, lr=phase_lr, weight_decay=weight_decay), batch_size, rng)
+        try:
+            for epoch in range(1, n_epochs + 1):
+                loss = trainer.epoch(x_tr, y_train)
+                consider(phase, epoch, loss, trainer.logits(x_val))
+        finally:
+            view.needs_input_grad = True  # the view switched it off on the model's own first layer
+            net.eval()
+
     # 2. Train the classifier on the cached features.
     t0 = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    head_net = _make_net(head)
-    trainer = _Trainer(head_net, loss_fn, AdamW(list(net._fc.parameters()), lr=lr, weight_decay=weight_decay),
-                       batch_size, rng)
     log(f"finetune: training the classifier on cached features ({epochs} epochs)")
-    x_tr, x_val = feats[train_idx], feats[val_idx]
-    for epoch in range(1, int(epochs) + 1):
-        loss = trainer.epoch(x_tr, y_train)
-        consider("head", epoch, loss, trainer.logits(x_val))
+    train_phase("head", head, list(net._fc.parameters()), lr, int(epochs), feats[train_idx], feats[val_idx])
 
     # 3. Optionally unfreeze the last blocks: train them and the classifier on cached block inputs.
     if unfreeze_blocks:
         for m in middle:
             m.requires_grad_(True)
         params = [p for m in middle + head for p in m.parameters() if p.requires_grad]
-        tail_net = _make_net(middle + tail + head)
-        trainer = _Trainer(tail_net, loss_fn, AdamW(params, lr=unfreeze_lr or lr / 10,
-                                                    weight_decay=weight_decay), batch_size, rng)
         log(f"finetune: training the last {unfreeze_blocks} block(s) + head ({unfreeze_epochs} epochs)")
-        c_tr, c_val = cache[train_idx], cache[val_idx]
-        for epoch in range(1, int(unfreeze_epochs) + 1):
-            loss = trainer.epoch(c_tr, y_train)
-            consider("unfrozen", epoch, loss, trainer.logits(c_val))
+        train_phase("unfrozen", middle + tail + head, params, unfreeze_lr or lr / 10, int(unfreeze_epochs),
+                    cache[train_idx], cache[val_idx])
     t_train = time.perf_counter() - t0
-    net.eval()
-    # The views switched input gradients off on the model's own layers: switch them back.
-    head_net.needs_input_grad = True
-    if unfreeze_blocks:
-        tail_net.needs_input_grad = True
+    last = history[-1]
+    save(net, out_dir / LAST_NAME, meta=_checkpoint_meta(classes, ds.name, last["epoch"], last["phase"],
+                                                       {"accuracy": last["val_accuracy"],
+                                                        "macro_f1": last["val_macro_f1"]}, settings))
 
-    result = {"checkpoint": str(ckpt_path), "classes": classes, "best_epoch": best["epoch"],
+    result = {"checkpoint": str(ckpt_path), "last_checkpoint": str(out_dir / LAST_NAME), "classes": classes, "best_epoch": best["epoch"],
               "best_phase": best["phase"], "val": best["val"], "history": history,
               "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
               "seconds": {"features": round(t_features, 2), "training": round(t_train, 2),
                           "total": round(time.perf_counter() - t_start, 2)},
               "settings": settings}
+    if test_dir is not None:
+        t0 = time.perf_counter()
+        log(f"finetune: evaluating the best checkpoint on {test_dir}")
+        result["test"] = evaluate_folder(ckpt_path, test_dir, batch_size)
+        result["seconds"]["test"] = round(time.perf_counter() - t0, 2)
+        result["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
     with open(out_dir / REPORT_NAME, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     log(format_report(result))
     return result
+
+
+def evaluate_folder(model: Module | str | os.PathLike, folder: str | os.PathLike, batch_size: int = 16) -> dict:
+    """Accuracy and F1 of a fine-tuned model on another image folder (e.g. a test set).
+
+    Args:
+        model: a fine-tune output folder or checkpoint (or a loaded model with ``model.meta``).
+        folder: ``folder/<class name>/<images>``; its class names must be among the model's.
+        batch_size: images per forward pass.
+
+    Returns:
+        the same metrics as ``finetune``'s ``val``: accuracy, macro_f1, per_class, confusion_matrix
+        (over the model's classes).
+    """
+    from .data import ImageFolder
+    from .predict import load_predictor, predict_proba, resolve_meta
+
+    if isinstance(model, (str, os.PathLike)):
+        model, meta = load_predictor(model)
+    else:
+        meta = resolve_meta(model)
+    classes = list(meta.get("classes") or [])
+    ds = ImageFolder(folder, lazy=True)
+    unknown = [c for c in ds.classes if c not in classes]
+    if unknown:
+        raise ValueError(f"evaluate_folder: classes {unknown} of {folder} are not classes of the model ({classes})")
+    y_true = np.array([classes.index(ds.classes[label]) for _, label in ds.samples], dtype=np.int64)
+    probs = predict_proba(model, [p for p, _ in ds.samples], meta, batch_size)
+    return held_out_report(y_true, probs.argmax(axis=1), classes)
 
 
 def format_report(result: dict) -> str:
@@ -354,6 +390,12 @@ def format_report(result: dict) -> str:
              f"{'class':<{width}}  precision  recall     f1  support"]
     for c, m in val["per_class"].items():
         lines.append(f"{c:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
+    if "test" in result:
+        test = result["test"]
+        n_test = sum(m["support"] for m in test["per_class"].values())
+        lines.append(f"test folder: accuracy {test['accuracy']:.3f}  macro F1 {test['macro_f1']:.3f}  "
+                     f"({n_test} images); per-class F1 "
+                     + ", ".join(f"{c} {m['f1']:.3f}" for c, m in test["per_class"].items()))
     s = result["seconds"]
     lines.append(f"time: features {s['features']:.1f} s, training {s['training']:.1f} s, total {s['total']:.1f} s")
     lines.append(f"checkpoint: {result['checkpoint']}")
@@ -380,6 +422,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--unfreeze-epochs", type=int, default=3, help="epochs with unfrozen blocks (default 3)")
     p.add_argument("--no-class-weights", action="store_true", help="do not weight the loss by class frequency")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test", default=None, metavar="FOLDER",
+                   help="also evaluate the best checkpoint on this image folder (same class names)")
     p.add_argument("--weights", default=None, metavar="PTH", help="pretrained .pth file to use instead of the packaged one")
     p.set_defaults(func=run_finetune)
     return p
@@ -391,7 +435,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         finetune(args.data, args.out, model=args.model, epochs=args.epochs, lr=args.lr,
                  batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed,
                  unfreeze_blocks=args.unfreeze_blocks, unfreeze_epochs=args.unfreeze_epochs,
-                 class_weights=None if args.no_class_weights else "balanced", weights_path=args.weights)
+                 class_weights=None if args.no_class_weights else "balanced", weights_path=args.weights,
+                 test_dir=args.test)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as exc:
         print(f"cnnkit finetune: error: {exc}", file=sys.stderr)
         return 2

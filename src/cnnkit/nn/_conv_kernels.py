@@ -2,13 +2,14 @@
 
 - forward: im2col + one GEMM (a batched GEMM over groups), done in batch chunks so that
   the column matrix stays small (bounded scratch memory, and the GEMM reads columns that
-  were just written, still in cache).
+  were just written, still in cache). The chunks are shared out to a thread pool.
 - weight gradient: the columns are rebuilt from the input kept by forward (keeping them
   for every layer until backward would multiply the training memory) and multiplied by
   the upstream gradient, chunk by chunk.
-- input gradient, stride 1: a convolution of the padded upstream gradient with the
-  flipped, transposed kernel (im2col + GEMM again): much faster than col2im's kh*kw
-  strided scatter-adds. Stride > 1: GEMM to columns + col2im.
+- input gradient: when the stride is 1 and the upstream gradient's columns are not much
+  bigger than the input's, a convolution of the padded upstream gradient with the
+  flipped, transposed kernel (im2col + GEMM again) - much faster than col2im's kh*kw
+  strided scatter-adds. Otherwise GEMM to columns + col2im.
 - depthwise (one input channel per group): a tap loop of broadcast multiply-adds; G tiny
   GEMMs would be dominated by call overhead.
 """
@@ -19,63 +20,104 @@ import numpy as np
 
 from ._buffers import workspace
 from ._im2col import col2im, im2col, tap_windows
+from ._parallel import parallel_for
 
 #: Target size of one chunk's column matrix; at least one sample per chunk.
 CHUNK_BYTES = 8 << 20
 
 
-def _chunks(n: int, bytes_per_sample: int):
-    step = max(1, min(n, CHUNK_BYTES // max(bytes_per_sample, 1)))
-    for start in range(0, n, step):
-        yield start, min(n, start + step)
+def _chunks(start: int, stop: int, bytes_per_sample: int, target: int | None = None):
+    step = max(1, (target or CHUNK_BYTES) // max(bytes_per_sample, 1))
+    for n0 in range(start, stop, step):
+        yield n0, min(stop, n0 + step)
 
 
 def weight_matrix(weight: np.ndarray, groups: int) -> np.ndarray:
-    """(O, Cg, kh, kw) -> (G, kh*kw*Cg, Og), rows ordered like the im2col columns."""
+    """(O, Cg, kh, kw) -> (G, kh*kw*Cg, Og) GEMM operand, rows ordered like the im2col columns.
+
+    Returned as the transposed view of a contiguous (G, Og, K) copy: that copy moves runs
+    of Cg values and costs ~1 ms for a 512x512x3x3 kernel, where a contiguous (G, K, Og)
+    copy gathers with a large stride and costs ~10 ms; BLAS takes either at the same speed.
+    """
     o, cg, kh, kw = weight.shape
-    return weight.reshape(groups, o // groups, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(
-        groups, kh * kw * cg, o // groups)
+    rows = np.ascontiguousarray(weight.reshape(groups, o // groups, cg, kh, kw).transpose(0, 1, 3, 4, 2))
+    return rows.reshape(groups, o // groups, kh * kw * cg).transpose(0, 2, 1)
 
 
-def gemm_conv_forward(xt: np.ndarray, weight: np.ndarray, groups: int, geo: dict) -> np.ndarray:
+def gemm_conv_forward(xt: np.ndarray, weight: np.ndarray, groups: int, geo: dict,
+                      bias: np.ndarray | None = None) -> np.ndarray:
     """NHWC input (N, H, W, C) -> NHWC output (N, Ho, Wo, O), a fresh array."""
+    return _gemm_conv(xt, weight_matrix(weight, groups), weight.shape, groups, geo, bias)
+
+
+def _gemm_conv(xt, wk, wshape, groups, geo, bias=None) -> np.ndarray:
+    """im2col + GEMM with a prepared (G, K, Og) weight matrix ``wk`` of a (O, Cg, kh, kw) kernel."""
     n = xt.shape[0]
-    o, cg, kh, kw = weight.shape
+    o, cg, kh, kw = wshape
     ho, wo = geo["out_hw"]
     og, k = o // groups, kh * kw * cg
-    wk = weight_matrix(weight, groups)
     out = np.empty((n, ho, wo, o), dtype=xt.dtype)
-    for n0, n1 in _chunks(n, groups * ho * wo * k * xt.itemsize):
-        m = (n1 - n0) * ho * wo
-        cols = workspace.get("conv_cols", (groups, n1 - n0, ho, wo, kh, kw, cg), xt.dtype)
-        im2col(xt[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo), groups, out=cols)
-        dst = out[n0:n1].reshape(m, o)
-        if groups == 1:
-            np.matmul(cols.reshape(m, k), wk[0], out=dst)
-        else:
-            np.matmul(cols.reshape(groups, m, k), wk, out=dst.reshape(m, groups, og).transpose(1, 0, 2))
+    per_sample = groups * ho * wo * k * xt.itemsize
+
+    def run(start, stop):
+        for n0, n1 in _chunks(start, stop, per_sample):
+            m = (n1 - n0) * ho * wo
+            cols = workspace.get("conv_cols", (groups, n1 - n0, ho, wo, kh, kw, cg), xt.dtype)
+            im2col(xt[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo), groups, out=cols)
+            dst = out[n0:n1].reshape(m, o)
+            if groups == 1:
+                np.matmul(cols.reshape(m, k), wk[0], out=dst)
+            else:
+                np.matmul(cols.reshape(groups, m, k), wk, out=dst.reshape(m, groups, og).transpose(1, 0, 2))
+            if bias is not None:
+                dst += bias
+
+    parallel_for(n, run, n * per_sample)
     return out
 
 
-def gemm_conv_weight_grad(g: np.ndarray, xt: np.ndarray, weight_shape, groups: int, geo: dict) -> np.ndarray:
-    """d loss / d weight (O, Cg, kh, kw) from the NHWC upstream gradient g (N, Ho, Wo, O)."""
+def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: int, geo: dict,
+                          need_weight_grad: bool = True, need_bias_grad: bool = True):
+    """(d loss / d weight (O, Cg, kh, kw), d loss / d bias (O,)) from the NHWC upstream
+    gradient g (N, Ho, Wo, O); each None when not needed."""
     n = xt.shape[0]
     o, cg, kh, kw = weight_shape
     ho, wo = geo["out_hw"]
     og, k = o // groups, kh * kw * cg
-    gwk = None
-    for n0, n1 in _chunks(n, groups * ho * wo * k * xt.itemsize):
-        m = (n1 - n0) * ho * wo
-        cols = workspace.get("conv_cols", (groups, n1 - n0, ho, wo, kh, kw, cg), xt.dtype)
-        im2col(xt[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo), groups, out=cols)
-        g3 = g[n0:n1].reshape(m, groups, og).transpose(1, 2, 0)          # (G, Og, M) view
-        part = np.matmul(g3, cols.reshape(groups, m, k))                  # (G, Og, K)
-        if gwk is None:
-            gwk = part
-        else:
-            gwk += part
-    return np.ascontiguousarray(
-        gwk.reshape(groups, og, kh, kw, cg).transpose(0, 1, 4, 2, 3).reshape(o, cg, kh, kw))
+    per_sample = groups * ho * wo * k * xt.itemsize
+    # Every chunk adds a full (O, K) product into the gradient: for big kernels, big chunks.
+    target = max(CHUNK_BYTES, 4 * o * k * xt.itemsize)
+
+    def run(start, stop):
+        gwk = gb = None
+        if need_bias_grad:
+            gb = g[start:stop].reshape(-1, o).sum(axis=0)
+        if not need_weight_grad:
+            return gwk, gb
+        for n0, n1 in _chunks(start, stop, per_sample, target):
+            m = (n1 - n0) * ho * wo
+            cols = workspace.get("conv_cols", (groups, n1 - n0, ho, wo, kh, kw, cg), xt.dtype)
+            im2col(xt[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo), groups, out=cols)
+            g3 = g[n0:n1].reshape(m, groups, og).transpose(1, 2, 0)          # (G, Og, M) view
+            part = np.matmul(g3, cols.reshape(groups, m, k))                  # (G, Og, K)
+            if gwk is None:
+                gwk = part
+            else:
+                gwk += part
+        return gwk, gb
+
+    parts = parallel_for(n, run, n * per_sample if need_weight_grad else g.nbytes)
+    gw = gb = None
+    if need_weight_grad:
+        gwk = parts[0][0]
+        for p in parts[1:]:
+            gwk += p[0]
+        gw = np.ascontiguousarray(gwk.reshape(groups, og, kh, kw, cg).transpose(0, 1, 4, 2, 3).reshape(o, cg, kh, kw))
+    if need_bias_grad:
+        gb = parts[0][1]
+        for p in parts[1:]:
+            gb += p[1]
+    return gw, gb
 
 
 def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: dict, in_shape) -> np.ndarray:
@@ -85,25 +127,34 @@ def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: di
     og = o // groups
     (sh, sw), (dh, dw) = geo["stride"], geo["dilation"]
     t, b, l, r = geo["pads"]
-    if sh == 1 and sw == 1:
+    ho, wo = geo["out_hw"]
+    # Columns of the transposed conv: H*W rows of kh*kw*O; of col2im: Ho*Wo rows of kh*kw*C.
+    # The strided adds of col2im cost ~3x a copy, hence the factor.
+    if sh == 1 and sw == 1 and h * w * o <= 3 * ho * wo * c:
         # Transposed convolution as a plain one: pad g by the kernel's reach minus the
         # forward padding (negative = crop) and correlate with the flipped kernel, whose
         # in / out channels are swapped within each group.
-        wt = weight.reshape(groups, og, cg, kh, kw).transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1]
-        wt = wt.reshape(c, og, kh, kw)
+        # Its (G, kh*kw*Og, Cg) matrix: rows (i, j, og) = weight[og, :, kh-1-i, kw-1-j].
+        wmat = np.ascontiguousarray(
+            weight.reshape(groups, og, cg, kh, kw).transpose(0, 3, 4, 1, 2)[:, ::-1, ::-1]
+        ).reshape(groups, kh * kw * og, cg)
         pads = ((kh - 1) * dh - t, (kh - 1) * dh - b, (kw - 1) * dw - l, (kw - 1) * dw - r)
         tgeo = dict(kernel=(kh, kw), stride=(1, 1), dilation=(dh, dw), pads=pads, out_hw=(h, w))
-        return gemm_conv_forward(g, wt, groups, tgeo)
-    ho, wo = geo["out_hw"]
+        return _gemm_conv(g, wmat, (c, og, kh, kw), groups, tgeo)
     k = kh * kw * cg
     wk = weight_matrix(weight, groups).transpose(0, 2, 1)                # (G, Og, K)
     gx = np.empty((n, h, w, c), dtype=g.dtype)
-    for n0, n1 in _chunks(n, groups * ho * wo * k * g.itemsize):
-        m = (n1 - n0) * ho * wo
-        gcols = workspace.get("conv_cols", (groups, n1 - n0, ho, wo, kh, kw, cg), g.dtype)
-        g3 = g[n0:n1].reshape(m, groups, og).transpose(1, 0, 2)           # (G, M, Og) view
-        np.matmul(g3, wk, out=gcols.reshape(groups, m, k))
-        col2im(gcols, (h, w), geo["stride"], geo["dilation"], geo["pads"], out=gx[n0:n1])
+    per_sample = groups * ho * wo * k * g.itemsize
+
+    def run(start, stop):
+        for n0, n1 in _chunks(start, stop, per_sample):
+            m = (n1 - n0) * ho * wo
+            gcols = workspace.get("conv_cols", (groups, n1 - n0, ho, wo, kh, kw, cg), g.dtype)
+            g3 = g[n0:n1].reshape(m, groups, og).transpose(1, 0, 2)           # (G, M, Og) view
+            np.matmul(g3, wk, out=gcols.reshape(groups, m, k))
+            col2im(gcols, (h, w), geo["stride"], geo["dilation"], geo["pads"], out=gx[n0:n1])
+
+    parallel_for(n, run, n * per_sample)
     return gx
 
 
@@ -120,15 +171,22 @@ def _depthwise_taps(geo, h, w):
                 yield i, j, (hw[0], ww[0]), (hw[1], ww[1])
 
 
-def depthwise_forward(xt: np.ndarray, weight: np.ndarray, geo: dict) -> np.ndarray:
+def depthwise_forward(xt: np.ndarray, weight: np.ndarray, geo: dict, bias: np.ndarray | None = None) -> np.ndarray:
     n, h, w, c = xt.shape
     o, _, kh, kw = weight.shape
     mult = o // c
     ho, wo = geo["out_hw"]
     out = np.zeros((n, ho, wo, c, mult), dtype=xt.dtype)
     wv = weight.reshape(c, mult, kh, kw)
-    for i, j, (oh, ow), (ih, iw) in _depthwise_taps(geo, h, w):
-        out[:, oh, ow] += xt[:, ih, iw, :, None] * wv[:, :, i, j]
+    taps = list(_depthwise_taps(geo, h, w))
+
+    def run(a, b):
+        for i, j, (oh, ow), (ih, iw) in taps:
+            out[a:b, oh, ow] += xt[a:b, ih, iw, :, None] * wv[:, :, i, j]
+        if bias is not None:
+            out[a:b] += bias.reshape(c, mult)
+
+    parallel_for(n, run, out.nbytes * len(taps))
     return out.reshape(n, ho, wo, o)
 
 
@@ -139,15 +197,27 @@ def depthwise_backward(g, xt, weight, geo, need_input_grad, need_weight_grad):
     ho, wo = geo["out_hw"]
     g5 = g.reshape(n, ho, wo, c, mult)
     wv = weight.reshape(c, mult, kh, kw)
-    gw = np.zeros((c, mult, kh, kw), dtype=xt.dtype) if need_weight_grad else None
     gx = np.zeros((n, h, w, c), dtype=xt.dtype) if need_input_grad else None
-    for i, j, (oh, ow), (ih, iw) in _depthwise_taps(geo, h, w):
-        gsub = g5[:, oh, ow]
-        if need_weight_grad:
-            gw[:, :, i, j] = np.einsum("nhwc,nhwcm->cm", xt[:, ih, iw], gsub)
-        if need_input_grad:
-            if mult == 1:
-                gx[:, ih, iw] += gsub[..., 0] * wv[:, 0, i, j]
-            else:
-                gx[:, ih, iw] += np.einsum("nhwcm,cm->nhwc", gsub, wv[:, :, i, j])
-    return gx, (None if gw is None else gw.reshape(o, 1, kh, kw))
+    taps = list(_depthwise_taps(geo, h, w))
+
+    def run(a, b):
+        gw = np.zeros((c, mult, kh, kw), dtype=xt.dtype) if need_weight_grad else None
+        for i, j, (oh, ow), (ih, iw) in taps:
+            gsub = g5[a:b, oh, ow]
+            if need_weight_grad:
+                gw[:, :, i, j] = np.einsum("nhwc,nhwcm->cm", xt[a:b, ih, iw], gsub)
+            if need_input_grad:
+                if mult == 1:
+                    gx[a:b, ih, iw] += gsub[..., 0] * wv[:, 0, i, j]
+                else:
+                    gx[a:b, ih, iw] += np.einsum("nhwcm,cm->nhwc", gsub, wv[:, :, i, j])
+        return gw
+
+    parts = parallel_for(n, run, g.nbytes * len(taps))
+    gw = None
+    if need_weight_grad:
+        gw = parts[0]
+        for p in parts[1:]:
+            gw += p
+        gw = gw.reshape(o, 1, kh, kw)
+    return gx, gw

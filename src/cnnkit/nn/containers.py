@@ -141,8 +141,16 @@ class Sequential(_Container):
 
     # ------------------------------------------------------------------ running
     def forward(self, x: np.ndarray) -> np.ndarray:
-        for m in self:
-            x = m(x)
+        for name, m in self._modules.items():
+            if m is None:
+                continue
+            try:
+                x = m(x)
+            except (ValueError, TypeError) as exc:
+                # The layer's own message says what was wrong; the note says where it sits.
+                if hasattr(exc, "add_note"):
+                    exc.add_note(f"  in Sequential layer {name!r} ({type(m).__name__})")
+                raise
         return x
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
@@ -221,6 +229,11 @@ class Concat(_Container):
                 )
         sizes = [o.shape[axis] for o in outs]
         self._cache = (axis, sizes)
+        if nd == 4 and axis == 1 and any(o.transpose(0, 2, 3, 1).flags.c_contiguous for o in outs):
+            # The convolution kernels return NCHW views of channels-last memory; joining in
+            # that memory keeps the next convolution from copying the result into it again.
+            joined = np.concatenate([o.transpose(0, 2, 3, 1) for o in outs], axis=3)
+            return joined.transpose(0, 3, 1, 2)
         return np.concatenate(outs, axis=axis)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray | None:

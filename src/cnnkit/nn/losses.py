@@ -61,12 +61,12 @@ class _Loss(Module):
         return target.astype(pred.dtype, copy=False)
 
     def _reduce(self, loss: np.ndarray):
-        """The value returned to the user, and the scale d value / d loss_i (scalar)."""
+        """The value returned to the user: the array for 'none', else a Python float."""
         if self.reduction == "none":
-            return loss, None
+            return loss
         if self.reduction == "sum":
-            return float(loss.sum()), 1.0
-        return float(loss.mean()) if loss.size else float("nan"), 1.0 / max(loss.size, 1)
+            return float(loss.sum())
+        return float(loss.mean()) if loss.size else float("nan")
 
     def _upstream(self, grad, loss_shape: tuple[int, ...], dtype) -> np.ndarray | float:
         """Upstream gradient: an array of the loss's shape for 'none', else a scalar."""
@@ -266,7 +266,7 @@ class MSELoss(_Loss):
         pred = self._pred(pred)
         diff = pred - self._same_shape_target(pred, target)
         self._cache = diff
-        value, _ = self._reduce(diff * diff)
+        value = self._reduce(diff * diff)
         return value
 
     def backward(self, grad=None) -> np.ndarray:
@@ -287,7 +287,7 @@ class L1Loss(_Loss):
         pred = self._pred(pred)
         diff = pred - self._same_shape_target(pred, target)
         self._cache = diff
-        value, _ = self._reduce(np.abs(diff))
+        value = self._reduce(np.abs(diff))
         return value
 
     def backward(self, grad=None) -> np.ndarray:
@@ -345,7 +345,7 @@ class BCEWithLogitsLoss(_Loss):
         if w is not None:
             loss = loss * w
         self._cache = (pred, y, w, pw)
-        value, _ = self._reduce(loss.astype(dt, copy=False))
+        value = self._reduce(loss.astype(dt, copy=False))
         return value
 
     def backward(self, grad=None) -> np.ndarray:

@@ -58,6 +58,10 @@ def _current_lr(optimizer) -> float | None:
     return float(groups[0]["lr"]) if groups else None
 
 
+class _HardInterrupt(KeyboardInterrupt):
+    """The second Ctrl-C: stop at once, write nothing."""
+
+
 class _InterruptFlag:
     """SIGINT handler for the loop's lifetime: first Ctrl-C sets a flag (stop at the next batch
     boundary, where the state is consistent), a second one raises KeyboardInterrupt at once.
@@ -70,7 +74,7 @@ class _InterruptFlag:
 
     def _handler(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            raise _HardInterrupt
         self.requested = True
         self._print("\nInterrupt: stopping after this batch and saving a checkpoint "
                     "(press Ctrl-C again to abort without saving)")
@@ -116,6 +120,7 @@ class TrainingLoop:
         self.stop_training = False
         self.saved_checkpoints: list[str] = []
         self._pending_saves: list[tuple[str, dict | None]] = []
+        self._at_boundary = False  # True only between two batches, where a save is consistent
         self._reset_epoch_sums()
         # Where the running epoch started (RNG states) and, on resume, where it stopped.
         self._epoch_start: dict | None = None
@@ -244,7 +249,6 @@ class TrainingLoop:
         with EpochProgress(epoch, self.epochs, total, enabled=show_bar, initial=self.batch) as bar:
             t0 = time.perf_counter() - self._elapsed
             for x, y in batches:
-                self._at_boundary = False
                 lr = _current_lr(self.optimizer)
                 loss, correct = self._train_step(x, y)
                 n = len(x)
@@ -265,7 +269,7 @@ class TrainingLoop:
                            self._seen / max(self._elapsed, 1e-9))
                 if interrupt.requested:
                     raise KeyboardInterrupt
-        self._at_boundary = False
+                self._at_boundary = False
         if self._seen == 0:
             raise ValueError("fit: train_loader yielded no batches (empty dataset, or drop_last with "
                              "fewer samples than one batch)")
@@ -302,7 +306,6 @@ class TrainingLoop:
         model.needs_input_grad = False
         for cb in self.callbacks:
             cb.set_loop(self)
-        self._at_boundary = False
         try:
             with _InterruptFlag(self.print) as interrupt:
                 for cb in self.callbacks:
@@ -312,17 +315,19 @@ class TrainingLoop:
                         self._run_epoch(epoch, interrupt)
                         if self.stop_training:
                             break
-                except KeyboardInterrupt:
-                    self._on_interrupt()
+                except KeyboardInterrupt as exc:
+                    self._on_interrupt(save=not isinstance(exc, _HardInterrupt))
             for cb in self.callbacks:
                 cb.on_train_end({"history": self.history})
         finally:
             model.needs_input_grad = old_flag
         return self.history
 
-    def _on_interrupt(self) -> None:
+    def _on_interrupt(self, save: bool) -> None:
+        # Saving is only safe between two batches; inside a step the model, optimizer and RNG
+        # may be half-updated, and the last epoch-end checkpoint stays the one to resume from.
         before = len(self.saved_checkpoints)
-        if self._at_boundary:
+        if save and self._at_boundary:
             logs = {"loss": self._loss_sum / max(self._seen, 1)}
             for cb in self.callbacks:
                 cb.on_interrupt(self.epoch, logs)

@@ -1,0 +1,132 @@
+"""Run the kernels' batch loops on several threads.
+
+Why: NumPy runs copies and elementwise operations on one core; only the BLAS GEMM is
+multi-threaded. Splitting the batch over a small thread pool (NumPy releases the GIL in
+its copy, ufunc and matmul loops) makes im2col, pooling and the GEMMs all use every core.
+While the pool runs, NumPy's OpenBLAS is set to one thread per call, so that the two levels
+of threading do not oversubscribe the cores; its setting is restored afterwards.
+
+Fallback: when the OpenBLAS library of NumPy cannot be found (another BLAS, another
+build), or when one thread is configured, everything runs serially in the caller.
+
+The number of threads: ``set_num_threads(n)``, else the environment variable
+``CNNKIT_NUM_THREADS``, else the number of CPUs this process may use.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numpy as np
+
+#: Below this many bytes of work a layer runs serially (pool dispatch costs ~50 us).
+MIN_PARALLEL_BYTES = 1 << 20
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_num_threads: int | None = None
+_in_region = threading.local()
+
+
+def _find_openblas():
+    """(set_num_threads, get_num_threads) of NumPy's own OpenBLAS via ctypes, or None."""
+    np_dir = os.path.dirname(np.__file__)
+    candidates = glob.glob(os.path.join(np_dir, os.pardir, "numpy.libs", "*openblas*"))
+    candidates += glob.glob(os.path.join(np_dir, ".dylibs", "*openblas*"))
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas_", "openblas_"):
+            for suffix in ("64_", ""):
+                try:
+                    set_fn = getattr(lib, f"{prefix}set_num_threads{suffix}")
+                    get_fn = getattr(lib, f"{prefix}get_num_threads{suffix}")
+                except AttributeError:
+                    continue
+                set_fn.argtypes, set_fn.restype = [ctypes.c_int], None
+                get_fn.argtypes, get_fn.restype = [], ctypes.c_int
+                return set_fn, get_fn
+    return None
+
+
+_blas = _find_openblas()
+
+
+def get_num_threads() -> int:
+    """Threads used by the convolution and pooling kernels."""
+    if _num_threads is not None:
+        return _num_threads
+    env = os.environ.get("CNNKIT_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_num_threads(n: int) -> None:
+    """Set the threads used by the convolution and pooling kernels (1 = serial)."""
+    global _num_threads, _pool
+    if int(n) < 1:
+        raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
+    with _lock:
+        _num_threads = int(n)
+        if _pool is not None:
+            _pool.shutdown(wait=True)
+            _pool = None
+
+
+def _get_pool(n: int) -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None or _pool._max_workers != n:  # noqa: SLF001 - our own pool
+            if _pool is not None:
+                _pool.shutdown(wait=True)
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cnnkit")
+        return _pool
+
+
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous (start, stop) ranges covering range(n), as even as possible."""
+    parts = max(1, min(parts, n))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+def parallel_for(n: int, fn: Callable[[int, int], object], work_bytes: int) -> list:
+    """Call ``fn(start, stop)`` on contiguous parts of range(n), one per thread; returns
+    the results in order. Serial when the work is small, when only one thread is
+    configured, inside another parallel region, or when BLAS threads cannot be controlled."""
+    threads = get_num_threads()
+    if (threads == 1 or n < 2 or work_bytes < MIN_PARALLEL_BYTES or _blas is None
+            or getattr(_in_region, "active", False)):
+        return [fn(0, n)]
+    parts = split(n, threads)
+    pool = _get_pool(threads)
+    set_blas, get_blas = _blas
+
+    def run(bounds):
+        _in_region.active = True
+        try:
+            return fn(*bounds)
+        finally:
+            _in_region.active = False
+
+    with _lock:
+        saved = get_blas()
+        set_blas(1)
+    try:
+        futures = [pool.submit(run, b) for b in parts[1:]]
+        first = run(parts[0])
+        return [first] + [f.result() for f in futures]
+    finally:
+        with _lock:
+            set_blas(saved)
