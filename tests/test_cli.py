@@ -154,3 +154,17 @@ def test_unknown_names_list_the_valid_ones(data_env, capsys):
     assert main(["evaluate", str(data_env / "missing")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
     assert main([]) == 2
+
+
+def test_presets_fill_what_is_not_given():
+    from cnnkit.runner import resolve_config
+
+    cfg = resolve_config({"model": "fashion_cnn", "dataset": "Fashion_MNIST", "lr": 0.05})
+    assert cfg["dataset"] == "fashion-mnist"  # aliases and case are accepted
+    assert (cfg["epochs"], cfg["batch_size"], cfg["optimizer"], cfg["scheduler"], cfg["augment"]) == \
+        (10, 128, "sgd", "onecycle", True)
+    assert cfg["lr"] == 0.05 and cfg["seed"] == 0
+    cfg = resolve_config({"model": "lenet", "dataset": "mnist"})
+    assert (cfg["optimizer"], cfg["lr"], cfg["epochs"]) == ("adam", 2e-3, 5)
+    with pytest.raises(ValueError, match=r"--val-fraction must be in \[0, 1\)"):
+        resolve_config({"model": "lenet", "dataset": "mnist", "val_fraction": 1.0})

@@ -269,6 +269,26 @@ def test_new_head_and_grey_input_keep_the_backbone():
     assert m.config["kwargs"] == {"num_classes": 3, "dropout": 0.2, "in_channels": 1}
 
 
+@needs_weights
+def test_weights_path_reads_any_copy(tmp_path):
+    copy = tmp_path / "my_weights.pth"  # another name: no pinned hash, strict key check instead
+    shutil.copyfile(pretrained.pretrained_weights_path("efficientnet_lite0"), copy)
+    m = efficientnet_lite0(weights_path=copy)
+    ref = pretrained.load_pretrained_state_dict("efficientnet_lite0")
+    np.testing.assert_array_equal(m._fc.weight.data, ref["_fc.weight"])
+
+
+def test_stem_adaptation_keeps_the_response_to_equal_channels():
+    from cnnkit.models.efficientnet_lite import _adapt_stem
+
+    w = np.random.default_rng(0).standard_normal((32, 3, 3, 3))
+    for c in (1, 2, 4, 7):
+        a = _adapt_stem(w, c)
+        assert a.shape == (32, c, 3, 3)
+        # An image whose c channels all equal a grey image g: response = sum over channels.
+        np.testing.assert_allclose(a.sum(axis=1), w.sum(axis=1), rtol=1e-12)
+
+
 def _photos():
     data = pytest.importorskip("skimage.data")
     return {"chelsea": data.chelsea(), "coffee": data.coffee(), "rocket": data.rocket()}

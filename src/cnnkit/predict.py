@@ -148,7 +148,8 @@ def predict(model: Module | str, images: Any, topk: int = 5, meta: dict | None =
         model: a ``Module`` (see ``resolve_meta`` for how its preprocessing is found), or a zoo
             name / ``.safetensors`` checkpoint / run folder, loaded with ``load_predictor``.
         images: one image or a list of them: file paths, PIL images, or arrays (H, W) /
-            (H, W, 3) that are uint8 or floating in [0, 1].
+            (H, W, 3) that are uint8 or floating in [0, 1]; also a stack (N, H, W) or
+            (N, H, W, C) as one array.
         topk: how many classes to return per image (capped at the number of classes).
         meta: preprocessing and class names, overriding the model's own.
         batch_size: images per forward pass.

@@ -207,13 +207,12 @@ class EfficientNetLite(nn.Sequential):
 
 
 def _adapt_stem(weight: np.ndarray, in_channels: int) -> np.ndarray:
-    """RGB stem weights (32, 3, 3, 3) for ``in_channels`` inputs: a grey image sees the sum of
-    the three colour filters; other counts repeat the filters and rescale by 3 / in_channels,
-    keeping the response to a constant image unchanged."""
-    if in_channels == 1:
-        return weight.sum(axis=1, keepdims=True)
-    reps = -(-in_channels // 3)
-    return np.tile(weight, (1, reps, 1, 1))[:, :in_channels] * (3.0 / in_channels)
+    """RGB stem weights (32, 3, 3, 3) for ``in_channels`` inputs: every input channel gets the
+    sum of the three colour filters divided by ``in_channels``. A grey image (1 channel) thus
+    sees exactly what its RGB version would, and for any channel count an image whose channels
+    are equal gets the same response as that image in RGB."""
+    grey = weight.sum(axis=1, keepdims=True) / in_channels
+    return np.repeat(grey, in_channels, axis=1)
 
 
 def efficientnet_lite0(num_classes: int = 1000, pretrained: bool = False,
@@ -230,7 +229,7 @@ def efficientnet_lite0(num_classes: int = 1000, pretrained: bool = False,
             (implies ``pretrained``).
         dropout: dropout probability before the classifier.
         in_channels: input channels. Pretrained RGB stem filters are adapted to other counts
-            (summed for 1 channel).
+            (summed over the colours for 1 channel; see ``_adapt_stem``).
 
     Returns:
         an ``EfficientNetLite`` in training mode (call ``.eval()`` for inference). Pretrained

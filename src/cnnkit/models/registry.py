@@ -111,6 +111,8 @@ def create(name: str, **kwargs: Any):
 
     Returns:
         The model (a ``cnnkit.nn.Module``), with ``model.config = {"name": name, "kwargs": kwargs}``.
+        A builder may set ``model.config`` itself to record the keyword arguments that rebuild
+        it from a checkpoint (e.g. without ``pretrained=True``); those are kept.
 
     Raises:
         KeyError: unknown name. TypeError: an argument the builder does not take, or a value
@@ -132,5 +134,10 @@ def create(name: str, **kwargs: Any):
             f"checkpoints), got {kwargs!r}: {exc}"
         ) from None
     model = builder(**kwargs)
+    own = getattr(model, "__dict__", {}).get("config")
+    if isinstance(own, dict) and isinstance(own.get("kwargs"), dict):
+        # The builder recorded the arguments that rebuild it (e.g. efficientnet_lite0 drops
+        # pretrained=True: a checkpoint already holds the weights); keep those.
+        config_kwargs = json.loads(json.dumps(own["kwargs"]))
     model.config = {"name": name, "kwargs": config_kwargs}
     return model

@@ -32,6 +32,20 @@ def _chunks(start: int, stop: int, bytes_per_sample: int, target: int | None = N
         yield n0, min(stop, n0 + step)
 
 
+_ones_cache: dict = {}
+
+
+def column_sums(g2d: np.ndarray) -> np.ndarray:
+    """Sum over the rows of a C-contiguous (M, O) matrix, as ones(M) @ g: BLAS's GEMV is
+    ~5x faster than ``g.sum(axis=0)``, which reduces along the strided axis."""
+    m = g2d.shape[0]
+    ones = _ones_cache.get(g2d.dtype.str)
+    if ones is None or ones.size < m:
+        ones = np.ones(max(m, 1024), dtype=g2d.dtype)
+        _ones_cache[g2d.dtype.str] = ones
+    return ones[:m] @ g2d
+
+
 def weight_matrix(weight: np.ndarray, groups: int) -> np.ndarray:
     """(O, Cg, kh, kw) -> (G, kh*kw*Cg, Og) GEMM operand, rows ordered like the im2col columns.
 
@@ -91,7 +105,7 @@ def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: i
     def run(start, stop):
         gwk = gb = None
         if need_bias_grad:
-            gb = g[start:stop].reshape(-1, o).sum(axis=0)
+            gb = column_sums(g[start:stop].reshape(-1, o))
         if not need_weight_grad:
             return gwk, gb
         for n0, n1 in _chunks(start, stop, per_sample, target):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._im2col import nchw, nhwc, pair, pool_output_size, tap_windows
+from ._parallel import parallel_for
 
 
 def pool_geometry(x, kernel, stride, padding, ceil_mode, name):
@@ -69,38 +70,47 @@ def max_pool2d_forward(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_
     n, c, h, w = x.shape
     ho, wo = geo["out_hw"]
     xt = nhwc(x)
-    taps = [(t, o, xt[:, i[0], i[1]]) for t, o, i in _taps(geo)]
-    if geo["covers"] and len(taps) == 4 and keep_cache:
-        out, idx = _max4_with_index([src for _, _, src in taps])
-        return nchw(out), (idx, geo, x.shape)
-    if geo["covers"]:
+    taps = [(t, o, i) for t, o, i in _taps(geo)]
+    out = np.empty((n, ho, wo, c), dtype=x.dtype)
+    idx = None
+    if keep_cache:
+        ntaps = geo["kernel"][0] * geo["kernel"][1]
+        idx = np.empty((n, ho, wo, c), dtype=np.uint8 if ntaps <= 256 else np.int32)
+
+    def run(a, b):
+        src = [(t, o, xt[a:b, i[0], i[1]]) for t, o, i in taps]
+        _max_into(src, geo["covers"], out[a:b], None if idx is None else idx[a:b])
+
+    parallel_for(n, run, x.nbytes)
+    return nchw(out), (None if idx is None else (idx, geo, x.shape))
+
+
+def _max_into(taps, covers, out, idx):
+    if covers and len(taps) == 4 and idx is not None:
+        return _max4_with_index([src for _, _, src in taps], out, idx)
+    if covers:
         if len(taps) == 1:
-            out = taps[0][2].copy()
+            np.copyto(out, taps[0][2])
         else:
-            out = np.maximum(taps[0][2], taps[1][2])
+            np.maximum(taps[0][2], taps[1][2], out=out)
             for _, _, src in taps[2:]:
                 np.maximum(out, src, out=out)
     else:
-        out = np.full((n, ho, wo, c), -np.inf, dtype=x.dtype)
+        out.fill(-np.inf)
         for _, o, src in taps:
             dst = out[:, o[0], o[1]]
             np.maximum(dst, src, out=dst)
-    cache = None
-    if keep_cache:
-        ntaps = geo["kernel"][0] * geo["kernel"][1]
-        idx_dtype = np.uint8 if ntaps <= 256 else np.int32
+    if idx is not None:
         # Last tap first, so that the first maximal tap is the one left standing.
-        idx = np.full((n, ho, wo, c), taps[-1][0], dtype=idx_dtype)
-        eq = np.empty((n, ho, wo, c), dtype=bool)
+        idx.fill(taps[-1][0])
+        eq = np.empty(out.shape, dtype=bool)
         for t, o, src in reversed(taps[:-1]):
             e = eq[:, o[0], o[1]]
             np.equal(src, out[:, o[0], o[1]], out=e)
             np.putmask(idx[:, o[0], o[1]], e, t)
-        cache = (idx, geo, x.shape)
-    return nchw(out), cache
 
 
-def _max4_with_index(v):
+def _max4_with_index(v, out, idx):
     """Max of four same-shape views (taps 0..3 of a 2x2 window) and the index of the first
     maximal one, as a tournament: two pairs, then the pair winners (2x faster than
     comparing every tap with the result)."""
@@ -109,32 +119,33 @@ def _max4_with_index(v):
     i1 = np.greater(v[1], v[0]).view(np.uint8)     # pair winners, ties to the first
     i2 = np.greater(v[3], v[2]).view(np.uint8)
     second = np.greater(m2, m1).view(np.uint8)
-    np.maximum(m1, m2, out=m1)
+    np.maximum(m1, m2, out=out)
     # idx = second ? 2 + i2 : i1, in uint8 arithmetic.
-    idx = i2 + np.uint8(2)
+    np.add(i2, np.uint8(2), out=idx)
     idx -= i1
     idx *= second
     idx += i1
-    return m1, idx
 
 
 def max_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     """Gradient of ``max_pool2d_forward``: each output's gradient goes to its winning tap."""
     idx, geo, (n, c, h, w) = cache
     g = nhwc(grad_out)
-    sel = np.empty(idx.shape, dtype=bool)
-    if geo["disjoint"]:
-        gx = np.empty((n, h, w, c), dtype=grad_out.dtype) if geo["tiles"] else np.zeros((n, h, w, c), grad_out.dtype)
-        for t, o, i in _taps(geo):
+    fresh = np.empty if geo["disjoint"] and geo["tiles"] else np.zeros
+    gx = fresh((n, h, w, c), dtype=grad_out.dtype)
+    taps = list(_taps(geo))
+
+    def run(a, b):
+        sel = np.empty((b - a,) + idx.shape[1:], dtype=bool)
+        for t, o, i in taps:
             s = sel[:, o[0], o[1]]
-            np.equal(idx[:, o[0], o[1]], t, out=s)
-            np.multiply(g[:, o[0], o[1]], s, out=gx[:, i[0], i[1]])
-        return nchw(gx)
-    gx = np.zeros((n, h, w, c), dtype=grad_out.dtype)
-    for t, o, i in _taps(geo):
-        s = sel[:, o[0], o[1]]
-        np.equal(idx[:, o[0], o[1]], t, out=s)
-        gx[:, i[0], i[1]] += g[:, o[0], o[1]] * s
+            np.equal(idx[a:b, o[0], o[1]], t, out=s)
+            if geo["disjoint"]:  # each input pixel in at most one window: assign
+                np.multiply(g[a:b, o[0], o[1]], s, out=gx[a:b, i[0], i[1]])
+            else:
+                gx[a:b, i[0], i[1]] += g[a:b, o[0], o[1]] * s
+
+    parallel_for(n, run, gx.nbytes)
     return nchw(gx)
 
 
@@ -170,17 +181,27 @@ def avg_pool2d_forward(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_
     xt = nhwc(x)
     inv = _avg_divisor(geo, count_include_pad)
     inv = x.dtype.type(inv) if np.isscalar(inv) else inv.astype(x.dtype)
-    taps = [(o, xt[:, i[0], i[1]]) for _, o, i in _taps(geo)]
-    if geo["covers"]:
-        out = taps[0][1] + taps[1][1] if len(taps) > 1 else taps[0][1].copy()
-        for _, src in taps[2:]:
-            np.add(out, src, out=out)
-    else:
-        out = np.zeros((n, ho, wo, c), dtype=x.dtype)
-        for o, src in taps:
-            dst = out[:, o[0], o[1]]
-            np.add(dst, src, out=dst)
-    out *= inv
+    taps = [(o, i) for _, o, i in _taps(geo)]
+    out = np.empty((n, ho, wo, c), dtype=x.dtype)
+
+    def run(a, b):
+        dst_all = out[a:b]
+        src = [(o, xt[a:b, i[0], i[1]]) for o, i in taps]
+        if geo["covers"]:
+            if len(src) == 1:
+                np.copyto(dst_all, src[0][1])
+            else:
+                np.add(src[0][1], src[1][1], out=dst_all)
+                for _, v in src[2:]:
+                    np.add(dst_all, v, out=dst_all)
+        else:
+            dst_all.fill(0)
+            for o, v in src:
+                dst = dst_all[:, o[0], o[1]]
+                np.add(dst, v, out=dst)
+        dst_all *= inv
+
+    parallel_for(n, run, x.nbytes)
     cache = (inv, geo, x.shape) if keep_cache else None
     return nchw(out), cache
 
@@ -188,16 +209,22 @@ def avg_pool2d_forward(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_
 def avg_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     """Gradient of ``avg_pool2d_forward``."""
     inv, geo, (n, c, h, w) = cache
-    gs = nhwc(grad_out) * inv
-    if geo["disjoint"] and geo["covers"]:
-        gx = np.empty((n, h, w, c), dtype=grad_out.dtype) if geo["tiles"] else np.zeros((n, h, w, c), grad_out.dtype)
-        for _, o, i in _taps(geo):
-            gx[:, i[0], i[1]] = gs
-        return nchw(gx)
-    gx = np.zeros((n, h, w, c), dtype=grad_out.dtype)
-    for _, o, i in _taps(geo):
-        dst = gx[:, i[0], i[1]]
-        np.add(dst, gs[:, o[0], o[1]], out=dst)
+    g = nhwc(grad_out)
+    assign = geo["disjoint"] and geo["covers"]
+    fresh = np.empty if assign and geo["tiles"] else np.zeros
+    gx = fresh((n, h, w, c), dtype=grad_out.dtype)
+    taps = [(o, i) for _, o, i in _taps(geo)]
+
+    def run(a, b):
+        gs = g[a:b] * inv
+        for o, i in taps:
+            dst = gx[a:b, i[0], i[1]]
+            if assign:  # each input pixel in exactly one window
+                np.copyto(dst, gs)
+            else:
+                np.add(dst, gs[:, o[0], o[1]], out=dst)
+
+    parallel_for(n, run, gx.nbytes)
     return nchw(gx)
 
 

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-from ._conv_kernels import (depthwise_backward, depthwise_forward, gemm_conv_forward,
+from ._conv_kernels import (column_sums, depthwise_backward, depthwise_forward, gemm_conv_forward,
                             gemm_conv_input_grad, gemm_conv_param_grads)
 from ._parallel import get_num_threads, set_num_threads
 from ._im2col import (col2im, conv_output_size, im2col, nchw as _nchw, nhwc as _nhwc, pair,
@@ -131,7 +131,7 @@ def conv2d_backward(grad_out: np.ndarray, cache, weight: np.ndarray, need_input_
         grad_out = grad_out.astype(xt.dtype)
     g = np.ascontiguousarray(_nhwc(grad_out))  # (N, Ho, Wo, O)
     if groups > 1 and cg == 1:
-        gb = g.reshape(-1, o).sum(axis=0) if need_bias_grad else None
+        gb = column_sums(g.reshape(-1, o)) if need_bias_grad else None
         gx, gw = depthwise_backward(g, xt, weight, geo, need_input_grad, need_weight_grad)
     else:
         gw = gb = None

@@ -154,7 +154,6 @@ class ModelCheckpoint(Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         improved = False
-        # The new best is recorded before saving, so the file carries this callback's updated state.
         if self.monitor:
             value = _monitored_value("ModelCheckpoint", self.monitor, logs)
             if self._tracker.improved(value):

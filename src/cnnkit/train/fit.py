@@ -21,10 +21,11 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ..random import get_rng_state, set_rng_state
+from . import resume as rs
 from .callbacks import Callback
 from .history import History
 from .progress import EpochProgress, format_epoch_line
-from . import resume as rs
 
 # Schedulers whose documented use is one step per batch.
 _STEP_SCHEDULERS = {"OneCycleLR", "CyclicLR"}
@@ -138,7 +139,7 @@ class TrainingLoop:
             "epoch": self.epoch - 1 if mid_epoch else self.epoch,   # completed epochs
             "batch": self.batch if mid_epoch else 0,
             "epochs": self.epochs,
-            "rng": rs.global_rng_state(),
+            "rng": get_rng_state(),
             "loader_rng": rs.loader_rng_state(self.train_loader),
             "history": self.history.to_dict(),
             "callbacks": [{"type": type(cb).__name__, "state": cb.state_dict()} for cb in self.callbacks],
@@ -191,7 +192,7 @@ class TrainingLoop:
         self.history = History.from_dict(state.get("history"))
         self.initial_epoch = self.epoch = int(state["epoch"])
         self.scheduler_interval = state.get("scheduler_interval", self.scheduler_interval)
-        rs.set_global_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         if int(state.get("batch", 0)) > 0:
             self._resume_mid_epoch = state
         else:
@@ -203,16 +204,16 @@ class TrainingLoop:
         already trained on, then put the global RNG where the interrupted run left it."""
         resume, self._resume_mid_epoch = self._resume_mid_epoch, None
         if resume is None:
-            self._epoch_start = {"rng": rs.global_rng_state(), "loader_rng": rs.loader_rng_state(self.train_loader)}
+            self._epoch_start = {"rng": get_rng_state(), "loader_rng": rs.loader_rng_state(self.train_loader)}
             return iter(self.train_loader)
         start = resume["epoch_start"]
         self._epoch_start = start
-        rs.set_global_rng_state(start["rng"])
+        set_rng_state(start["rng"])
         rs.set_loader_rng_state(self.train_loader, start["loader_rng"])
         it = iter(self.train_loader)
         for _ in range(int(resume["batch"])):
             next(it)
-        rs.set_global_rng_state(resume["rng"])
+        set_rng_state(resume["rng"])
         partial = resume["partial"]
         self.batch = int(resume["batch"])
         self._loss_sum, self._correct = float(partial["loss_sum"]), int(partial["correct"])

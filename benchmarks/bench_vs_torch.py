@@ -1,0 +1,129 @@
+"""Speed of cnnkit against PyTorch (CPU, float32) on the reference networks, in ONE process.
+
+    python benchmarks/bench_vs_torch.py                      # all models, batch 64 and 256
+    python benchmarks/bench_vs_torch.py --models lenet --batch-sizes 64 --rounds 9
+
+Training images/s: forward, CrossEntropy loss, backward, SGD (momentum 0.9) step.
+Inference images/s: eval mode, forward only (torch under ``torch.inference_mode()``).
+Each round times a few steps of one library, pauses, then the other (the order alternates
+between rounds); the table shows the medians over rounds and the ratio cnnkit / PyTorch
+(> 1: cnnkit is faster). Both libraries use ``--threads`` threads (PyTorch intra-op; cnnkit's
+kernel pool; NumPy's BLAS keeps its default, one per core).
+Absolute numbers on a shared machine are noisy; the ratio of interleaved runs is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference_models as R  # noqa: E402
+
+
+def cnnkit_steps(name, n, mode, seed=0):
+    """(setup model, one-step function) for cnnkit."""
+    import cnnkit
+    import cnnkit.nn as nn
+    import cnnkit.optim as optim
+    cnnkit.manual_seed(seed)
+    model = R.build_cnnkit(name)
+    x, y = R.batch(name, n)
+    if mode == "infer":
+        model.eval()
+        return model, lambda: model(x)
+    loss_fn = nn.CrossEntropyLoss()
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+
+    return model, step
+
+
+def torch_steps(name, n, mode, cnnkit_model):
+    import torch
+    model = R.build_torch(name, cnnkit_model)
+    x, y = (torch.from_numpy(a) for a in R.batch(name, n))
+    if mode == "infer":
+        model.eval()
+
+        def infer():
+            with torch.inference_mode():
+                model(x)
+
+        return infer
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def time_steps(fn, steps: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return time.perf_counter() - t0
+
+
+def bench(name, n, mode, rounds, pause, min_time):
+    model, ck = cnnkit_steps(name, n, mode)
+    th = torch_steps(name, n, mode, model)
+    for fn in (ck, th, ck, th):  # warm up: workspaces, allocators, thread pools
+        fn()
+    # Steps per timing: enough for ~min_time seconds of the slower library.
+    one = max(time_steps(ck, 1), time_steps(th, 1))
+    steps = max(1, int(np.ceil(min_time / max(one, 1e-6))))
+    rates = {"cnnkit": [], "torch": []}
+    for r in range(rounds):
+        order = [("cnnkit", ck), ("torch", th)]
+        if r % 2:
+            order.reverse()
+        for lib, fn in order:
+            time.sleep(pause)
+            rates[lib].append(steps * n / time_steps(fn, steps))
+    return float(np.median(rates["cnnkit"])), float(np.median(rates["torch"])), steps
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=R.NAMES, choices=R.NAMES)
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
+    ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--pause", type=float, default=0.5, help="seconds between the libraries' timings")
+    ap.add_argument("--min-time", type=float, default=0.4, help="seconds per timing (sets the steps)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    import torch
+    from cnnkit.nn import functional as F
+    torch.set_num_threads(args.threads)
+    F.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# cnnkit vs PyTorch {torch.__version__} (CPU, float32), {args.threads} threads, "
+          f"{args.rounds} rounds, load average {load:.1f}\n")
+    print("| model | batch | mode | cnnkit img/s | PyTorch img/s | ratio |")
+    print("|---|---:|---|---:|---:|---:|")
+    for name in args.models:
+        for n in args.batch_sizes:
+            for mode in args.modes:
+                c, t, steps = bench(name, n, mode, args.rounds, args.pause, args.min_time)
+                print(f"| {name} | {n} | {mode} | {c:,.0f} | {t:,.0f} | {c / t:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
