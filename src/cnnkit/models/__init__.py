@@ -18,7 +18,8 @@ from importlib import import_module
 
 from .registry import create, get_builder, names, register
 
-_SUBMODULES = {"registry", "small", "cifar", "vgg", "squeezenet", "resnet", "efficientnet_lite", "fashion"}
+_SUBMODULES = {"registry", "small", "cifar", "vgg", "squeezenet", "resnet", "efficientnet_lite", "fashion",
+               "imagenet", "pretrained"}
 
 __all__ = ["create", "names", "register", "get_builder", *names()]
 

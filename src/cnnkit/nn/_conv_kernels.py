@@ -21,6 +21,7 @@ import numpy as np
 from ._buffers import workspace
 from ._im2col import col2im, im2col, tap_windows
 from ._parallel import parallel_for
+from . import _winograd as wino
 
 #: Target size of one chunk's column matrix; at least one sample per chunk.
 CHUNK_BYTES = 8 << 20
@@ -61,6 +62,8 @@ def weight_matrix(weight: np.ndarray, groups: int) -> np.ndarray:
 def gemm_conv_forward(xt: np.ndarray, weight: np.ndarray, groups: int, geo: dict,
                       bias: np.ndarray | None = None) -> np.ndarray:
     """NHWC input (N, H, W, C) -> NHWC output (N, Ho, Wo, O), a fresh array."""
+    if wino.use_winograd(geo["kernel"], geo["stride"], geo["dilation"], groups, xt.shape[3], weight.shape[0]):
+        return wino.winograd_conv(xt, wino.transform_weight(weight), geo["pads"], geo["out_hw"], bias)
     return _gemm_conv(xt, weight_matrix(weight, groups), weight.shape, groups, geo, bias)
 
 
@@ -98,6 +101,11 @@ def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: i
     o, cg, kh, kw = weight_shape
     ho, wo = geo["out_hw"]
     og, k = o // groups, kh * kw * cg
+    if need_weight_grad and wino.use_winograd(geo["kernel"], geo["stride"], geo["dilation"], groups, cg, o) \
+            and wino.use_winograd_weight_grad(n, (ho, wo), cg, o):
+        gw = wino.winograd_weight_grad(g, xt, geo["pads"])
+        gb = column_sums(g.reshape(-1, o)) if need_bias_grad else None
+        return gw, gb
     per_sample = groups * ho * wo * k * xt.itemsize
     # Every chunk adds a full (O, K) product into the gradient: for big kernels, big chunks.
     target = max(CHUNK_BYTES, 4 * o * k * xt.itemsize)
@@ -149,10 +157,13 @@ def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: di
         # forward padding (negative = crop) and correlate with the flipped kernel, whose
         # in / out channels are swapped within each group.
         # Its (G, kh*kw*Og, Cg) matrix: rows (i, j, og) = weight[og, :, kh-1-i, kw-1-j].
+        pads = ((kh - 1) * dh - t, (kh - 1) * dh - b, (kw - 1) * dw - l, (kw - 1) * dw - r)
+        if wino.use_winograd((kh, kw), (1, 1), (dh, dw), groups, o, c):
+            flipped = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+            return wino.winograd_conv(g, wino.transform_weight(flipped), pads, (h, w))
         wmat = np.ascontiguousarray(
             weight.reshape(groups, og, cg, kh, kw).transpose(0, 3, 4, 1, 2)[:, ::-1, ::-1]
         ).reshape(groups, kh * kw * og, cg)
-        pads = ((kh - 1) * dh - t, (kh - 1) * dh - b, (kw - 1) * dw - l, (kw - 1) * dw - r)
         tgeo = dict(kernel=(kh, kw), stride=(1, 1), dilation=(dh, dw), pads=pads, out_hw=(h, w))
         return _gemm_conv(g, wmat, (c, og, kh, kw), groups, tgeo)
     k = kh * kw * cg

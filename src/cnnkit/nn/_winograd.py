@@ -1,0 +1,161 @@
+"""Winograd F(2x2, 3x3) convolution: 3x3 kernels, stride 1, no dilation, no groups.
+
+Every 2x2 block of outputs comes from a 4x4 input tile ``d``:
+``Y = A^T [(G w G^T) * (B^T d B)] A``, so the 36 multiply-adds per block and channel pair
+of im2col + GEMM become 16: the GEMMs shrink 2.25x. That pays where the GEMMs dominate
+(many channels, small images); for few channels the transforms cost more than they save,
+hence ``use_winograd``.
+
+With the 2-D transforms written as Kronecker products, each is one small GEMM over a tile
+matrix: input tiles (16, T*C) -> ``kron(B^T, B^T) @ tiles``; weights (O*C, 9) ->
+``kron(G, G)``; outputs (16, T*O) -> ``kron(A^T, A^T)``. The 16 products are one batched
+GEMM (16, T, C) @ (16, C, O).
+
+Backward: the input gradient is a 3x3 stride-1 convolution too (flipped, transposed
+kernel), so it runs through ``winograd_conv``. The weight gradient is
+``G^T [sum over tiles (B^T d B) * (A dY A^T)] G``: again 16 GEMMs, reducing over tiles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ._buffers import workspace
+from ._im2col import pad_nhwc
+from ._parallel import parallel_for
+
+_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
+_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+_KB = np.kron(_BT, _BT)   # (16, 16): input tile -> transformed tile
+_KG = np.kron(_G, _G)     # (16, 9): kernel -> transformed kernel
+_KA = np.kron(_AT, _AT)   # (4, 16): transformed product -> 2x2 outputs
+
+#: Target bytes of one chunk's transformed input tiles.
+CHUNK_BYTES = 4 << 20
+#: GEMM rows (tiles) per chunk at least: fewer make the 16 GEMMs inefficient.
+MIN_CHUNK_TILES = 512
+#: Use Winograd when in_channels * out_channels is at least this (measured crossover:
+#: 64 x 128 gains ~5%, 32 x 32 loses ~15%).
+MIN_CHANNEL_PRODUCT = 64 * 128
+
+
+def use_winograd(kernel, stride, dilation, groups, c: int, o: int) -> bool:
+    """Whether the forward pass (and the input gradient) should use Winograd."""
+    return (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+            and groups == 1 and c * o >= MIN_CHANNEL_PRODUCT)
+
+
+def use_winograd_weight_grad(n: int, out_hw, c: int, o: int) -> bool:
+    """The weight gradient reduces over tiles into a (16, C, O) array: it only pays when
+    there are many tiles per channel pair (measured: 4x4 images with 512 channels lose)."""
+    tiles = n * -(-out_hw[0] // 2) * -(-out_hw[1] // 2)
+    return tiles >= 4 * max(c, o)
+
+
+def _consts(dtype):
+    return _KB.astype(dtype), _KG.astype(dtype), _KA.astype(dtype)
+
+
+def transform_weight(weight: np.ndarray) -> np.ndarray:
+    """(O, C, 3, 3) -> (16, C, O) GEMM operand (a transposed view of a (16, O, C) array)."""
+    o, c = weight.shape[:2]
+    _, kg, _ = _consts(weight.dtype)
+    w16 = kg @ weight.reshape(o * c, 9).T                      # (16, O*C)
+    return w16.reshape(16, o, c).transpose(0, 2, 1)
+
+
+def _tiles(xp: np.ndarray, th: int, tw: int, size: int, step: int) -> np.ndarray:
+    """View (size, size, n, th, tw, C) of the overlapping tiles of an NHWC array."""
+    n, _, _, c = xp.shape
+    s0, s1, s2, s3 = xp.strides
+    return as_strided(xp, (size, size, n, th, tw, c), (s1, s2, s0, step * s1, step * s2, s3), writeable=False)
+
+
+def _input_tiles(x: np.ndarray, pads, th: int, tw: int, name: str) -> np.ndarray:
+    """Transformed input tiles (16, n*th*tw, C) of an NHWC chunk (workspace memory)."""
+    n, h, w, c = x.shape
+    t, b, l, r = pads
+    # Rows / columns up to 2*th + 2 (one more zero row / column when the output is odd).
+    extra_h = 2 * th + 2 - (h + t + b)
+    extra_w = 2 * tw + 2 - (w + l + r)
+    xp = pad_nhwc(x, (t, b + extra_h, l, r + extra_w), "wino_pad")
+    kb, _, _ = _consts(x.dtype)
+    d = workspace.get("wino_d", (16, n * th * tw * c), x.dtype)
+    np.copyto(d.reshape(4, 4, n, th, tw, c), _tiles(xp, th, tw, 4, 2))
+    v = workspace.get(name, (16, n * th * tw, c), x.dtype)
+    np.matmul(kb, d, out=v.reshape(16, -1))
+    return v
+
+
+def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None) -> np.ndarray:
+    """NHWC input (N, H, W, C), transformed weight (16, C, O) -> NHWC output (N, Ho, Wo, O)."""
+    n, h, w, c = xt.shape
+    o = wt.shape[2]
+    ho, wo = out_hw
+    th, tw = -(-ho // 2), -(-wo // 2)
+    _, _, ka = _consts(xt.dtype)
+    out = np.empty((n, ho, wo, o), dtype=xt.dtype)
+    per_sample = 16 * th * tw * max(c, o) * xt.itemsize
+    step = max(1, CHUNK_BYTES // per_sample, -(-MIN_CHUNK_TILES // (th * tw)))
+
+    def run(start, stop):
+        for n0 in range(start, stop, step):
+            n1 = min(stop, n0 + step)
+            t = (n1 - n0) * th * tw
+            v = _input_tiles(xt[n0:n1], pads, th, tw, "wino_v")
+            m = workspace.get("wino_m", (16, t, o), xt.dtype)
+            np.matmul(v, wt, out=m)
+            y = workspace.get("wino_y", (4, t * o), xt.dtype)
+            np.matmul(ka, m.reshape(16, t * o), out=y)
+            y6 = y.reshape(2, 2, n1 - n0, th, tw, o)
+            dst = out[n0:n1]
+            if ho == 2 * th and wo == 2 * tw:
+                np.copyto(dst.reshape(n1 - n0, th, 2, tw, 2, o), y6.transpose(2, 3, 0, 4, 1, 5))
+            else:
+                for r in range(2):
+                    for s in range(2):
+                        part = dst[:, r::2, s::2]
+                        np.copyto(part, y6[r, s, :, : part.shape[1], : part.shape[2]])
+            if bias is not None:
+                dst += bias
+
+    parallel_for(n, run, n * per_sample)
+    return out
+
+
+def winograd_weight_grad(g: np.ndarray, xt: np.ndarray, pads) -> np.ndarray:
+    """d loss / d weight (O, C, 3, 3) from NHWC g (N, Ho, Wo, O) and input (N, H, W, C)."""
+    n, h, w, c = xt.shape
+    _, ho, wo, o = g.shape
+    th, tw = -(-ho // 2), -(-wo // 2)
+    _, kg, ka = _consts(xt.dtype)
+    per_sample = 16 * th * tw * max(c, o) * xt.itemsize
+    step = max(1, max(CHUNK_BYTES, 2 * 16 * c * o * xt.itemsize) // per_sample)
+
+    def run(start, stop):
+        acc = None
+        for n0 in range(start, stop, step):
+            n1 = min(stop, n0 + step)
+            t = (n1 - n0) * th * tw
+            v = _input_tiles(xt[n0:n1], pads, th, tw, "wino_v")
+            # Gradient tiles: 2x2 blocks of dY (zero-padded to even size), transformed.
+            gp = pad_nhwc(g[n0:n1], (0, 2 * th - ho, 0, 2 * tw - wo), "wino_gpad")
+            gd = workspace.get("wino_gd", (4, t * o), xt.dtype)
+            np.copyto(gd.reshape(2, 2, n1 - n0, th, tw, o), _tiles(gp, th, tw, 2, 2))
+            gt = workspace.get("wino_m", (16, t, o), xt.dtype)
+            np.matmul(ka.T, gd, out=gt.reshape(16, t * o))
+            part = np.matmul(v.transpose(0, 2, 1), gt)          # (16, C, O)
+            if acc is None:
+                acc = part
+            else:
+                acc += part
+        return acc
+
+    parts = parallel_for(n, run, n * per_sample)
+    s = parts[0]
+    for p in parts[1:]:
+        s += p
+    gw = kg.T @ s.reshape(16, c * o)                           # (9, C*O)
+    return np.ascontiguousarray(gw.reshape(3, 3, c, o).transpose(3, 2, 0, 1))
