@@ -8,7 +8,7 @@ Inference images/s: eval mode, forward only (torch under ``torch.inference_mode(
 Each round times a few steps of one library, pauses, then the other (the order alternates
 between rounds); the table shows the medians over rounds and the ratio cnnkit / PyTorch
 (> 1: cnnkit is faster). Both libraries use ``--threads`` threads (PyTorch intra-op; cnnkit's
-kernel pool; NumPy's BLAS keeps its default, one per core).
+kernel pool and NumPy's OpenBLAS).
 Absolute numbers on a shared machine are noisy; the ratio of interleaved runs is not.
 """
 
@@ -109,9 +109,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
+    from cnnkit.nn import _parallel
     from cnnkit.nn import functional as F
     torch.set_num_threads(args.threads)
     F.set_num_threads(args.threads)
+    if _parallel._blas is not None:  # NumPy's own BLAS (Linear layers, GEMMs outside the pool)
+        _parallel._blas[0](args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# cnnkit vs PyTorch {torch.__version__} (CPU, float32), {args.threads} threads, "
           f"{args.rounds} rounds, load average {load:.1f}\n")

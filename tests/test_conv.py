@@ -29,8 +29,24 @@ CONFIGS = [
 IDS = [c[0] for c in CONFIGS]
 
 
+@pytest.fixture(params=["default", "channels_last_im2col", "winograd"])
+def algorithm(request, monkeypatch):
+    """Run a test with the default kernels, then with the channels-last im2col forced for
+    few-channel inputs too (by default they take channels-first columns), then with
+    Winograd forced on every 3x3 stride-1 convolution (by default it needs many channels,
+    too big for gradient checks)."""
+    if request.param == "channels_last_im2col":
+        from cnnkit.nn import _conv_kernels
+        monkeypatch.setattr(_conv_kernels, "SMALL_C", 0)
+    if request.param == "winograd":
+        from cnnkit.nn import _winograd
+        monkeypatch.setattr(_winograd, "MIN_CHANNEL_PRODUCT", 1)
+        monkeypatch.setattr(_winograd, "use_winograd_weight_grad", lambda *a: True)
+    return request.param
+
+
 @pytest.mark.parametrize("name,kwargs,shape", CONFIGS, ids=IDS)
-def test_gradcheck_float64(name, kwargs, shape):
+def test_gradcheck_float64(name, kwargs, shape, algorithm):
     # Input, weight and bias against central differences, random read-only upstream grad.
     rng = np.random.default_rng(1)
     cnnkit.manual_seed(0)
@@ -72,7 +88,7 @@ def _torch_conv(torch, kwargs, shape, layer):
 
 
 @pytest.mark.parametrize("name,kwargs,shape", CONFIGS, ids=IDS)
-def test_parity_with_torch_float32(name, kwargs, shape):
+def test_parity_with_torch_float32(name, kwargs, shape, algorithm):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(2)
     cnnkit.manual_seed(0)
@@ -93,6 +109,30 @@ def test_parity_with_torch_float32(name, kwargs, shape):
     np.testing.assert_allclose(layer.weight.grad, conv.weight.grad.numpy(), rtol=1e-4, atol=1e-4)
     if layer.bias is not None:
         np.testing.assert_allclose(layer.bias.grad, conv.bias.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_big_layer_parity_with_torch_float32():
+    # Channels enough for the default dispatch to pick Winograd (forward, input and weight grads).
+    torch = pytest.importorskip("torch")
+    from cnnkit.nn import _winograd
+    assert _winograd.use_winograd((3, 3), (1, 1), (1, 1), 1, 64, 128)
+    assert _winograd.use_winograd_weight_grad(8, (7, 7), 64, 128) is False
+    assert _winograd.use_winograd_weight_grad(64, (8, 8), 64, 128)
+    rng = np.random.default_rng(10)
+    layer = Conv2d(64, 128, 3, padding=1)
+    x = rng.standard_normal((64, 64, 7, 8)).astype(np.float32)
+    conv, run = _torch_conv(torch, dict(in_channels=64, out_channels=128, kernel_size=3, padding=1), x.shape, layer)
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    ot = run(xt)
+    out = layer(x)
+    np.testing.assert_allclose(out, ot.detach().numpy(), rtol=1e-4, atol=1e-4)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    ot.backward(torch.from_numpy(g))
+    np.testing.assert_allclose(layer.backward(g), xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    # Sums over 3584 positions: small entries are differences of large terms, so the
+    # absolute tolerance is scaled to the gradient's magnitude (float32: ~1e-7 * terms).
+    for ours, ref in ((layer.weight.grad, conv.weight.grad.numpy()), (layer.bias.grad, conv.bias.grad.numpy())):
+        np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
 
 
 def test_same_padding_matches_torch_same_stride1():

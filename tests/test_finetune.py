@@ -136,3 +136,21 @@ def test_best_checkpoint_predicts_with_folder_class_names(tiny_run, shoe_folder)
     assert sum(p for _, p in preds[0]) == pytest.approx(1.0, abs=1e-5)
     rep = evaluate_folder(out, shoe_folder)
     assert sum(m["support"] for m in rep["per_class"].values()) == 12
+
+
+def test_example_folder_script(tmp_path, shoe_folder):
+    # shoe_folder: skips when Fashion-MNIST is not installed.
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "make_finetune_folder.py"
+    spec = importlib.util.spec_from_file_location("make_finetune_folder", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(tmp_path / "f"), "--counts", "3", "2", "1", "--test-out", str(tmp_path / "t"),
+                        "--test-per-class", "2"]) == 0
+    counts = {d.name: len(list(d.glob("*.png"))) for d in (tmp_path / "f").iterdir()}
+    assert counts == {"Sneaker": 3, "Sandal": 2, "Ankle boot": 1}
+    assert sorted(len(list(d.glob("*.png"))) for d in (tmp_path / "t").iterdir()) == [2, 2, 2]
+    with Image.open(tmp_path / "f" / "Sandal" / "0000.png") as im:
+        assert im.size == (28, 28) and im.mode == "L"

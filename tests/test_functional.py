@@ -209,3 +209,15 @@ def test_parallel_kernels_match_serial(force_parallel, groups, stride, k, o):
 def test_set_num_threads_validates():
     with pytest.raises(ValueError, match="positive"):
         F.set_num_threads(0)
+
+
+def test_parallel_pool_survives_fork(force_parallel):
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    x = np.random.default_rng(6).standard_normal((6, 3, 8, 8))
+    expect = F.max_pool2d(x, 2)  # starts the pool in the parent
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(F.max_pool2d, (x, 2)).get(timeout=60)
+    np.testing.assert_array_equal(got, expect)

@@ -202,7 +202,7 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
             (created if needed).
         model: the pretrained zoo model (``"efficientnet_lite0"``).
         epochs: epochs of classifier training on the cached features.
-        lr: Adam learning rate of the classifier.
+        lr: AdamW learning rate of the classifier.
         batch_size: mini-batch size of the training steps.
         val_fraction: fraction of every class held out for validation (stratified).
         seed: seeds the split, the classifier's initialisation, dropout and shuffling.
@@ -263,8 +263,11 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
         if weights.shape != (k,):
             raise ValueError(f"finetune: class_weights needs {k} values (one per class), got shape {weights.shape}")
 
-    manual_seed(seed)
     net = efficientnet_lite.efficientnet_lite0(num_classes=k, pretrained=True, weights_path=weights_path)
+    # Seed right before drawing the new classifier (and the dropout masks that follow), so the
+    # run does not depend on how many random numbers building the backbone consumed.
+    manual_seed(seed)
+    net.replace_classifier(k)
     net.config = {"name": model, "kwargs": {"num_classes": k, "dropout": 0.2, "in_channels": 3}}
     net.eval()
     net.requires_grad_(False)
@@ -329,7 +332,8 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
             m.requires_grad_(True)
         params = [p for m in middle + head for p in m.parameters() if p.requires_grad]
         log(f"finetune: training the last {unfreeze_blocks} block(s) + head ({unfreeze_epochs} epochs)")
-        train_phase("unfrozen", middle + tail + head, params, unfreeze_lr or lr / 10, int(unfreeze_epochs),
+        phase_lr = lr / 10 if unfreeze_lr is None else unfreeze_lr
+        train_phase("unfrozen", middle + tail + head, params, phase_lr, int(unfreeze_epochs),
                     cache[train_idx], cache[val_idx])
     t_train = time.perf_counter() - t0
     last = history[-1]
@@ -337,8 +341,8 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
                                                        {"accuracy": last["val_accuracy"],
                                                         "macro_f1": last["val_macro_f1"]}, settings))
 
-    result = {"checkpoint": str(ckpt_path), "last_checkpoint": str(out_dir / LAST_NAME), "classes": classes, "best_epoch": best["epoch"],
-              "best_phase": best["phase"], "val": best["val"], "history": history,
+    result = {"checkpoint": str(ckpt_path), "last_checkpoint": str(out_dir / LAST_NAME), "classes": classes,
+              "best_epoch": best["epoch"], "best_phase": best["phase"], "val": best["val"], "history": history,
               "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
               "seconds": {"features": round(t_features, 2), "training": round(t_train, 2),
                           "total": round(time.perf_counter() - t_start, 2)},
@@ -427,7 +431,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test", default=None, metavar="FOLDER",
                    help="also evaluate the best checkpoint on this image folder (same class names)")
-    p.add_argument("--weights", default=None, metavar="PTH", help="pretrained .pth file to use instead of the packaged one")
+    p.add_argument("--weights", default=None, metavar="PTH",
+                   help="pretrained .pth file to use instead of the packaged one")
     p.set_defaults(func=run_finetune)
     return p
 

@@ -19,12 +19,17 @@ from __future__ import annotations
 import numpy as np
 
 from ._buffers import workspace
-from ._im2col import col2im, im2col, tap_windows
+from ._im2col import col2im, im2col, im2col_channels_first, nchw, tap_windows
 from ._parallel import parallel_for
 from . import _winograd as wino
 
 #: Target size of one chunk's column matrix; at least one sample per chunk.
 CHUNK_BYTES = 8 << 20
+#: Inputs with at most this many channels use channels-first columns (first layers).
+SMALL_C = 4
+#: Input gradient by transposed convolution when its columns are at most this many
+#: times col2im's (H*W*O vs Ho*Wo*C); col2im's strided adds cost more than a copy.
+GX_TRANSPOSED_FACTOR = 4
 
 
 def _chunks(start: int, stop: int, bytes_per_sample: int, target: int | None = None):
@@ -64,6 +69,8 @@ def gemm_conv_forward(xt: np.ndarray, weight: np.ndarray, groups: int, geo: dict
     """NHWC input (N, H, W, C) -> NHWC output (N, Ho, Wo, O), a fresh array."""
     if wino.use_winograd(geo["kernel"], geo["stride"], geo["dilation"], groups, xt.shape[3], weight.shape[0]):
         return wino.winograd_conv(xt, wino.transform_weight(weight), geo["pads"], geo["out_hw"], bias)
+    if groups == 1 and xt.shape[3] <= SMALL_C:
+        return _small_c_conv(xt, weight, geo, bias)
     return _gemm_conv(xt, weight_matrix(weight, groups), weight.shape, groups, geo, bias)
 
 
@@ -93,6 +100,59 @@ def _gemm_conv(xt, wk, wshape, groups, geo, bias=None) -> np.ndarray:
     return out
 
 
+def _small_c_conv(xt, weight, geo, bias=None) -> np.ndarray:
+    """Forward with channels-first columns (K, M): few input channels (first layers)."""
+    n = xt.shape[0]
+    o, c, kh, kw = weight.shape
+    ho, wo = geo["out_hw"]
+    k = c * kh * kw
+    wmat = weight.reshape(o, k).T                                         # (K, O) view
+    x = nchw(xt)
+    out = np.empty((n, ho, wo, o), dtype=xt.dtype)
+    per_sample = ho * wo * k * xt.itemsize
+
+    def run(start, stop):
+        for n0, n1 in _chunks(start, stop, per_sample):
+            m = (n1 - n0) * ho * wo
+            cols = workspace.get("conv_cols", (c, kh, kw, n1 - n0, ho, wo), xt.dtype)
+            im2col_channels_first(x[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo), cols)
+            dst = out[n0:n1].reshape(m, o)
+            np.matmul(cols.reshape(k, m).T, wmat, out=dst)
+            if bias is not None:
+                dst += bias
+
+    parallel_for(n, run, n * per_sample)
+    return out
+
+
+def _small_c_weight_grad(g, xt, weight_shape, geo) -> np.ndarray:
+    n = xt.shape[0]
+    o, c, kh, kw = weight_shape
+    ho, wo = geo["out_hw"]
+    k = c * kh * kw
+    x = nchw(xt)
+    per_sample = ho * wo * k * xt.itemsize
+
+    def run(start, stop):
+        acc = None
+        for n0, n1 in _chunks(start, stop, per_sample):
+            m = (n1 - n0) * ho * wo
+            cols = workspace.get("conv_cols", (c, kh, kw, n1 - n0, ho, wo), xt.dtype)
+            im2col_channels_first(x[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo), cols)
+            part = cols.reshape(k, m) @ g[n0:n1].reshape(m, o)          # (K, O)
+            if acc is None:
+                acc = part
+            else:
+                acc += part
+        return acc
+
+    parts = parallel_for(n, run, n * per_sample)
+    acc = parts[0]
+    for p in parts[1:]:
+        acc += p
+    return np.ascontiguousarray(acc.T).reshape(o, c, kh, kw)
+
+
 def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: int, geo: dict,
                           need_weight_grad: bool = True, need_bias_grad: bool = True):
     """(d loss / d weight (O, Cg, kh, kw), d loss / d bias (O,)) from the NHWC upstream
@@ -104,6 +164,10 @@ def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: i
     if need_weight_grad and wino.use_winograd(geo["kernel"], geo["stride"], geo["dilation"], groups, cg, o) \
             and wino.use_winograd_weight_grad(n, (ho, wo), cg, o):
         gw = wino.winograd_weight_grad(g, xt, geo["pads"])
+        gb = column_sums(g.reshape(-1, o)) if need_bias_grad else None
+        return gw, gb
+    if need_weight_grad and groups == 1 and cg <= SMALL_C:
+        gw = _small_c_weight_grad(g, xt, weight_shape, geo)
         gb = column_sums(g.reshape(-1, o)) if need_bias_grad else None
         return gw, gb
     per_sample = groups * ho * wo * k * xt.itemsize
@@ -152,15 +216,15 @@ def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: di
     ho, wo = geo["out_hw"]
     # Columns of the transposed conv: H*W rows of kh*kw*O; of col2im: Ho*Wo rows of kh*kw*C.
     # The strided adds of col2im cost ~3x a copy, hence the factor.
-    if sh == 1 and sw == 1 and h * w * o <= 3 * ho * wo * c:
+    if sh == 1 and sw == 1 and h * w * o <= GX_TRANSPOSED_FACTOR * ho * wo * c:
         # Transposed convolution as a plain one: pad g by the kernel's reach minus the
         # forward padding (negative = crop) and correlate with the flipped kernel, whose
         # in / out channels are swapped within each group.
-        # Its (G, kh*kw*Og, Cg) matrix: rows (i, j, og) = weight[og, :, kh-1-i, kw-1-j].
         pads = ((kh - 1) * dh - t, (kh - 1) * dh - b, (kw - 1) * dw - l, (kw - 1) * dw - r)
         if wino.use_winograd((kh, kw), (1, 1), (dh, dw), groups, o, c):
             flipped = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
             return wino.winograd_conv(g, wino.transform_weight(flipped), pads, (h, w))
+        # Its (G, kh*kw*Og, Cg) matrix: rows (i, j, og) = weight[og, :, kh-1-i, kw-1-j].
         wmat = np.ascontiguousarray(
             weight.reshape(groups, og, cg, kh, kw).transpose(0, 3, 4, 1, 2)[:, ::-1, ::-1]
         ).reshape(groups, kh * kw * og, cg)
@@ -196,20 +260,47 @@ def _depthwise_taps(geo, h, w):
                 yield i, j, (hw[0], ww[0]), (hw[1], ww[1])
 
 
+#: Depthwise kernels work on batch chunks of about this many output bytes (cache-sized).
+DEPTHWISE_CHUNK_BYTES = 1 << 20
+
+
 def depthwise_forward(xt: np.ndarray, weight: np.ndarray, geo: dict, bias: np.ndarray | None = None) -> np.ndarray:
+    """Depthwise convolution (groups == C): per tap, out += x_tap * w_tap, on batch chunks
+    small enough for the running sum and its temporary to stay in cache."""
     n, h, w, c = xt.shape
     o, _, kh, kw = weight.shape
     mult = o // c
     ho, wo = geo["out_hw"]
-    out = np.zeros((n, ho, wo, c, mult), dtype=xt.dtype)
-    wv = weight.reshape(c, mult, kh, kw)
+    out = np.empty((n, ho, wo, c, mult), dtype=xt.dtype)
+    wv = np.ascontiguousarray(weight.reshape(c, mult, kh * kw).transpose(2, 0, 1))  # (taps, C, mult)
     taps = list(_depthwise_taps(geo, h, w))
+    full = (slice(0, ho), slice(0, wo))
+    per_sample = ho * wo * o * xt.itemsize
+    step = max(1, DEPTHWISE_CHUNK_BYTES // per_sample)
 
-    def run(a, b):
-        for i, j, (oh, ow), (ih, iw) in taps:
-            out[a:b, oh, ow] += xt[a:b, ih, iw, :, None] * wv[:, :, i, j]
-        if bias is not None:
-            out[a:b] += bias.reshape(c, mult)
+    def run(start, stop):
+        for n0 in range(start, stop, step):
+            n1 = min(stop, n0 + step)
+            dst_all = out[n0:n1]
+            tmp = workspace.get("dw_tmp", dst_all.shape, xt.dtype)
+            first = True
+            for i, j, (oh, ow), (ih, iw) in taps:
+                src = xt[n0:n1, ih, iw, :, None]
+                wt = wv[i * kw + j]
+                if first and (oh, ow) == full:
+                    np.multiply(src, wt, out=dst_all)
+                    first = False
+                    continue
+                if first:
+                    dst_all.fill(0)
+                    first = False
+                dst, t = dst_all[:, oh, ow], tmp[:, oh, ow]
+                np.multiply(src, wt, out=t)
+                np.add(dst, t, out=dst)
+            if first:  # no tap inside the image at all
+                dst_all.fill(0)
+            if bias is not None:
+                dst_all += bias.reshape(c, mult)
 
     parallel_for(n, run, out.nbytes * len(taps))
     return out.reshape(n, ho, wo, o)
@@ -221,21 +312,31 @@ def depthwise_backward(g, xt, weight, geo, need_input_grad, need_weight_grad):
     mult = o // c
     ho, wo = geo["out_hw"]
     g5 = g.reshape(n, ho, wo, c, mult)
-    wv = weight.reshape(c, mult, kh, kw)
+    wv = np.ascontiguousarray(weight.reshape(c, mult, kh * kw).transpose(2, 0, 1))  # (taps, C, mult)
     gx = np.zeros((n, h, w, c), dtype=xt.dtype) if need_input_grad else None
     taps = list(_depthwise_taps(geo, h, w))
+    per_sample = max(ho * wo * o, h * w * c) * xt.itemsize
+    step = max(1, DEPTHWISE_CHUNK_BYTES // per_sample)
 
-    def run(a, b):
-        gw = np.zeros((c, mult, kh, kw), dtype=xt.dtype) if need_weight_grad else None
-        for i, j, (oh, ow), (ih, iw) in taps:
-            gsub = g5[a:b, oh, ow]
-            if need_weight_grad:
-                gw[:, :, i, j] = np.einsum("nhwc,nhwcm->cm", xt[a:b, ih, iw], gsub)
-            if need_input_grad:
-                if mult == 1:
-                    gx[a:b, ih, iw] += gsub[..., 0] * wv[:, 0, i, j]
-                else:
-                    gx[a:b, ih, iw] += np.einsum("nhwcm,cm->nhwc", gsub, wv[:, :, i, j])
+    def run(start, stop):
+        gw = np.zeros((kh * kw, c, mult), dtype=xt.dtype) if need_weight_grad else None
+        for n0 in range(start, stop, step):
+            n1 = min(stop, n0 + step)
+            tmp = workspace.get("dw_tmp", (n1 - n0, ho, wo, c, mult), xt.dtype)
+            for i, j, (oh, ow), (ih, iw) in taps:
+                gsub = g5[n0:n1, oh, ow]
+                t = tmp[:, oh, ow]
+                if need_weight_grad:  # einsum sums the products without a temporary (2x faster)
+                    gw[i * kw + j] += np.einsum("nhwc,nhwcm->cm", xt[n0:n1, ih, iw], gsub)
+                if need_input_grad:
+                    dst = gx[n0:n1, ih, iw]
+                    if mult == 1:
+                        t4 = t[..., 0]
+                        np.multiply(gsub[..., 0], wv[i * kw + j, :, 0], out=t4)
+                        np.add(dst, t4, out=dst)
+                    else:
+                        np.multiply(gsub, wv[i * kw + j], out=t)
+                        dst += t.sum(axis=-1)
         return gw
 
     parts = parallel_for(n, run, g.nbytes * len(taps))
@@ -244,5 +345,5 @@ def depthwise_backward(g, xt, weight, geo, need_input_grad, need_weight_grad):
         gw = parts[0]
         for p in parts[1:]:
             gw += p
-        gw = gw.reshape(o, 1, kh, kw)
+        gw = np.ascontiguousarray(gw.transpose(1, 2, 0)).reshape(o, 1, kh, kw)
     return gx, gw

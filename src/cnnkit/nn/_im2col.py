@@ -161,6 +161,41 @@ def im2col(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], dila
     return cols
 
 
+def im2col_channels_first(x: np.ndarray, kernel, stride, dilation, pads, out_hw,
+                          out: np.ndarray | None = None) -> np.ndarray:
+    """Columns in channels-first order, for inputs with very few channels (a network's
+    first layer: 1 or 3 channels). Why: with channels last and C = 1 every copied run is a
+    single value; channels first, runs are image rows (4x faster measured).
+
+    Args:
+        x: input (N, C, H, W) (any strides). The rest as ``im2col``.
+
+    Returns:
+        Array (C, kh, kw, N, Ho, Wo): row (c, i, j) of the (K, N*Ho*Wo) matrix holds tap
+        (i, j) of channel c for every output pixel; K is ordered like a (O, C, kh, kw)
+        weight's trailing axes, so the GEMM needs no weight transpose.
+    """
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    ho, wo = out_hw
+    shape = (c, kh, kw, n, ho, wo)
+    cols = np.empty(shape, dtype=x.dtype) if out is None else out
+    t, b, l, r = pads
+    if t or b or l or r or x.strides[3] != x.itemsize:
+        xp = workspace.get("im2col_pad_cf", (n, c, h + t + b, w + l + r), x.dtype)
+        xp.fill(0)
+        xp[:, :, max(t, 0): max(t, 0) + h - max(-t, 0) - max(-b, 0),
+           max(l, 0): max(l, 0) + w - max(-l, 0) - max(-r, 0)] = \
+            x[:, :, max(-t, 0): h - max(-b, 0), max(-l, 0): w - max(-r, 0)]
+    else:
+        xp = x
+    s0, s1, s2, s3 = xp.strides
+    view = as_strided(xp, shape, (s1, s2 * dilation[0], s3 * dilation[1], s0, s2 * stride[0], s3 * stride[1]),
+                      writeable=False)
+    np.copyto(cols, view)
+    return cols
+
+
 def col2im(cols: np.ndarray, in_hw: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
            pads: tuple[int, int, int, int], out: np.ndarray | None = None) -> np.ndarray:
     """Adjoint of ``im2col``: add columns (G, N, Ho, Wo, kh, kw, Cg) back into an NHWC image

@@ -33,6 +33,18 @@ _num_threads: int | None = None
 _in_region = threading.local()
 
 
+def _forget_pool_after_fork() -> None:
+    # A forked child (e.g. a data-loading worker) inherits the pool object but not its
+    # threads: submitting to it would wait forever. Start afresh instead.
+    global _pool, _lock
+    _pool = None
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def _find_openblas():
     """(set_num_threads, get_num_threads) of NumPy's own OpenBLAS via ctypes, or None."""
     np_dir = os.path.dirname(np.__file__)

@@ -35,7 +35,7 @@ _KA = np.kron(_AT, _AT)   # (4, 16): transformed product -> 2x2 outputs
 #: Target bytes of one chunk's transformed input tiles.
 CHUNK_BYTES = 4 << 20
 #: GEMM rows (tiles) per chunk at least: fewer make the 16 GEMMs inefficient.
-MIN_CHUNK_TILES = 512
+MIN_CHUNK_TILES = 256
 #: Use Winograd when in_channels * out_channels is at least this (measured crossover:
 #: 64 x 128 gains ~5%, 32 x 32 loses ~15%).
 MIN_CHANNEL_PRODUCT = 64 * 128
@@ -105,9 +105,11 @@ def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None) -> np
             n1 = min(stop, n0 + step)
             t = (n1 - n0) * th * tw
             v = _input_tiles(xt[n0:n1], pads, th, tw, "wino_v")
-            m = workspace.get("wino_m", (16, t, o), xt.dtype)
+            # Scratch reuse: the raw tiles are dead once transformed, the transformed tiles
+            # once multiplied (memory: the buffers exist per thread).
+            m = workspace.get("wino_d", (16, t, o), xt.dtype)
             np.matmul(v, wt, out=m)
-            y = workspace.get("wino_y", (4, t * o), xt.dtype)
+            y = workspace.get("wino_v", (4, t * o), xt.dtype)
             np.matmul(ka, m.reshape(16, t * o), out=y)
             y6 = y.reshape(2, 2, n1 - n0, th, tw, o)
             dst = out[n0:n1]
@@ -144,7 +146,7 @@ def winograd_weight_grad(g: np.ndarray, xt: np.ndarray, pads) -> np.ndarray:
             gp = pad_nhwc(g[n0:n1], (0, 2 * th - ho, 0, 2 * tw - wo), "wino_gpad")
             gd = workspace.get("wino_gd", (4, t * o), xt.dtype)
             np.copyto(gd.reshape(2, 2, n1 - n0, th, tw, o), _tiles(gp, th, tw, 2, 2))
-            gt = workspace.get("wino_m", (16, t, o), xt.dtype)
+            gt = workspace.get("wino_d", (16, t, o), xt.dtype)   # the raw tiles are dead
             np.matmul(ka.T, gd, out=gt.reshape(16, t * o))
             part = np.matmul(v.transpose(0, 2, 1), gt)          # (16, C, O)
             if acc is None:

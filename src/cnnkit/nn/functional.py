@@ -4,15 +4,20 @@ Layout. Arguments and results are NCHW arrays, as in PyTorch. Inside, the kernel
 on the NHWC *view* ``x.transpose(0, 2, 3, 1)`` and allocate their results in NHWC memory,
 returning the NCHW view of it. Why: with channels last, the im2col matrix of a
 convolution is a plain row-major (N*Ho*Wo, kh*kw*C) matrix, its GEMM output is already
-the next layer's NHWC input, and every strided copy below moves runs of C contiguous
-values. The NCHW view costs nothing and behaves like any array (``reshape`` copies it
-into NCHW order when a Flatten needs that).
+the next layer's NHWC input, and every strided copy moves runs of C contiguous values.
+The NCHW view costs nothing and behaves like any array (``reshape`` copies it into NCHW
+order when a Flatten needs that).
 
-Every kernel loops over the kernel's taps (kh*kw offsets), each step one strided slice
-of the whole batch; never over pixels and never ``np.add.at``. Padding is never
-materialised: for each tap only the outputs whose input pixel lies inside the image are
-touched (``_tap_windows``), the rest are zero (convolution, average pooling) or skipped
-(max pooling).
+Where the work is done (each file says why it is done that way):
+
+- ``_im2col.py``: sizes, padding, im2col (one ``as_strided`` copy) and col2im (one
+  strided add per kernel tap, never per pixel, never ``np.add.at``);
+- ``_conv_kernels.py``: convolution as im2col + GEMM in batch chunks, the input gradient
+  as a transposed convolution, depthwise convolution as a tap loop;
+- ``_winograd.py``: Winograd F(2x2, 3x3) for 3x3 stride-1 layers with many channels;
+- ``_pool_kernels.py``: max / average / adaptive pooling as tap loops over strided views;
+- ``_parallel.py``: the batch split over threads (``set_num_threads``);
+- ``_buffers.py``: scratch memory reused across calls.
 
 The ``*_forward`` functions return ``(out, cache)``; the matching ``*_backward``
 functions take the upstream gradient and that cache.
@@ -20,9 +25,7 @@ functions take the upstream gradient and that cache.
 
 from __future__ import annotations
 
-
 import numpy as np
-
 
 __all__ = [
     "pair", "conv_output_size", "same_padding", "resolve_conv_padding", "pool_output_size",
@@ -36,7 +39,6 @@ __all__ = [
     "logsumexp", "softmax", "log_softmax",
     "get_num_threads", "set_num_threads",
 ]
-
 
 from ._conv_kernels import (column_sums, depthwise_backward, depthwise_forward, gemm_conv_forward,
                             gemm_conv_input_grad, gemm_conv_param_grads)

@@ -40,8 +40,8 @@ def _array(tensor: Any, fn: str) -> np.ndarray:
 
 def _fill(tensor: Any, values: np.ndarray, fn: str) -> Any:
     arr = _array(tensor, fn)
-    # Draws are made in float64 and cast once, so float32 and float64 parameters get the
-    # same numbers for the same seed.
+    # Draws are made in float32 (half the memory and time of float64 on VGG-sized layers)
+    # and cast once, so float32 and float64 parameters get the same numbers for the same seed.
     arr[...] = values.astype(arr.dtype, copy=False)
     return tensor
 
@@ -103,13 +103,19 @@ def _fan(tensor: Any, mode: str) -> int:
 def uniform_(tensor: Any, a: float = 0.0, b: float = 1.0, generator: np.random.Generator | None = None) -> Any:
     """Fill with U(a, b)."""
     arr = _array(tensor, "uniform_")
-    return _fill(tensor, get_generator(generator).uniform(a, b, size=arr.shape), "uniform_")
+    values = get_generator(generator).random(arr.shape, dtype=np.float32)
+    values *= np.float32(b - a)
+    values += np.float32(a)
+    return _fill(tensor, values, "uniform_")
 
 
 def normal_(tensor: Any, mean: float = 0.0, std: float = 1.0, generator: np.random.Generator | None = None) -> Any:
     """Fill with N(mean, std**2)."""
     arr = _array(tensor, "normal_")
-    return _fill(tensor, get_generator(generator).normal(mean, std, size=arr.shape), "normal_")
+    values = get_generator(generator).standard_normal(arr.shape, dtype=np.float32)
+    values *= np.float32(std)
+    values += np.float32(mean)
+    return _fill(tensor, values, "normal_")
 
 
 def constant_(tensor: Any, val: float, _fn: str = "constant_") -> Any:
