@@ -3,15 +3,18 @@
 - forward: im2col + one GEMM (a batched GEMM over groups), done in batch chunks so that
   the column matrix stays small (bounded scratch memory, and the GEMM reads columns that
   were just written, still in cache). The chunks are shared out to a thread pool.
+  Special cases: 3x3 stride-1 layers with many channels use Winograd (``_winograd``);
+  inputs with <= ``SMALL_C`` channels (first layers) use channels-first columns, whose
+  copies move whole image rows instead of 1-3 values.
 - weight gradient: the columns are rebuilt from the input kept by forward (keeping them
   for every layer until backward would multiply the training memory) and multiplied by
-  the upstream gradient, chunk by chunk.
+  the upstream gradient, chunk by chunk. Bias gradient: a GEMV.
 - input gradient: when the stride is 1 and the upstream gradient's columns are not much
   bigger than the input's, a convolution of the padded upstream gradient with the
-  flipped, transposed kernel (im2col + GEMM again) - much faster than col2im's kh*kw
-  strided scatter-adds. Otherwise GEMM to columns + col2im.
-- depthwise (one input channel per group): a tap loop of broadcast multiply-adds; G tiny
-  GEMMs would be dominated by call overhead.
+  flipped, transposed kernel (im2col + GEMM again, or Winograd) - faster than col2im's
+  kh*kw strided scatter-adds. Otherwise GEMM to columns + col2im.
+- depthwise (one input channel per group): a tap loop of multiply-adds on cache-sized
+  batch chunks; G tiny GEMMs would be dominated by call overhead.
 """
 
 from __future__ import annotations
