@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "gradcheck": "gradient_check",
+    "no_grad": "nn.module",
+    "is_grad_enabled": "nn.module",
     "save": "io.checkpoint",
     "load": "io.checkpoint",
 }

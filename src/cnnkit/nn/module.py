@@ -16,6 +16,46 @@ import numpy as np
 
 DEFAULT_DTYPE = np.float32
 
+# When False (inside ``no_grad()``), modules drop what forward kept for backward right after
+# each forward, so inference on big inputs holds one layer's activations at a time, not all.
+_grad_enabled = True
+
+
+class no_grad:
+    """Context manager (and decorator) for inference: no backward will follow, so each
+    module frees its forward cache as soon as its output is computed.
+
+    Example::
+
+        with cnnkit.no_grad():
+            logits = model(images)
+    """
+
+    def __enter__(self) -> "no_grad":
+        global _grad_enabled
+        self._previous = _grad_enabled
+        _grad_enabled = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _grad_enabled
+        _grad_enabled = self._previous
+
+    def __call__(self, fn: Callable) -> Callable:
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with no_grad():
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+def is_grad_enabled() -> bool:
+    """False inside ``no_grad()``."""
+    return _grad_enabled
+
 
 class Parameter:
     """A trainable array.
@@ -157,6 +197,8 @@ class Module:
     # ------------------------------------------------------------------ running
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = self.forward(x)
+        if not _grad_enabled and "_cache" in self.__dict__:
+            self.__dict__["_cache"] = None
         if self._forward_hooks:
             for hook in list(self._forward_hooks.values()):
                 hook(self, x, out)
