@@ -48,6 +48,16 @@ def test_im2col_matches_naive_loops_and_col2im_is_its_adjoint(shape, k, s, d, pa
     np.testing.assert_allclose(np.sum(cols * c), np.sum(x * back), rtol=1e-10)
 
 
+@pytest.mark.parametrize("shape,k,s,d,pads,groups", [c for c in IM2COL_CASES if c[5] == 1])
+def test_channels_first_im2col_matches_naive_loops(shape, k, s, d, pads, groups):
+    from cnnkit.nn._im2col import im2col_channels_first
+    x = np.random.default_rng(0).standard_normal(shape)          # NHWC
+    ref = naive_im2col(x, k, s, d, pads, 1)[0]                    # (N, Ho, Wo, kh, kw, C)
+    ho, wo = ref.shape[1:3]
+    cols = im2col_channels_first(x.transpose(0, 3, 1, 2), k, s, d, pads, (ho, wo))
+    np.testing.assert_array_equal(cols, ref.transpose(5, 3, 4, 0, 1, 2))
+
+
 def test_im2col_reuses_given_buffer_even_if_dirty():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 4, 4, 2))
@@ -221,3 +231,11 @@ def test_parallel_pool_survives_fork(force_parallel):
     with ctx.Pool(1) as pool:
         got = pool.apply_async(F.max_pool2d, (x, 2)).get(timeout=60)
     np.testing.assert_array_equal(got, expect)
+
+
+def test_parallel_matmul(force_parallel):
+    rng = np.random.default_rng(7)
+    a, b = rng.standard_normal((37, 5)), rng.standard_normal((5, 3))
+    np.testing.assert_allclose(F.parallel_matmul(a, b), a @ b, rtol=1e-12)
+    a3 = rng.standard_normal((2, 4, 5))
+    np.testing.assert_allclose(F.parallel_matmul(a3, b), a3 @ b, rtol=1e-12)

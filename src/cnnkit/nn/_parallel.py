@@ -3,8 +3,13 @@
 Why: NumPy runs copies and elementwise operations on one core; only the BLAS GEMM is
 multi-threaded. Splitting the batch over a small thread pool (NumPy releases the GIL in
 its copy, ufunc and matmul loops) makes im2col, pooling and the GEMMs all use every core.
-While the pool runs, NumPy's OpenBLAS is set to one thread per call, so that the two levels
-of threading do not oversubscribe the cores; its setting is restored afterwards.
+
+NumPy's OpenBLAS is set to one thread per call the first time the pool runs, and left so
+(``set_num_threads(1)`` gives it back its previous setting). Why not restore it after each
+parallel region: after a multi-threaded call OpenBLAS's idle workers spin for ~0.1 s, and
+they then compete with the pool for the cores - measured: a conv4 training step took 1.8x
+the CPU time of the serial run with the BLAS restored between regions, 1.3x without.
+GEMMs outside the kernels (e.g. a Linear layer) can use ``parallel_matmul``.
 
 Fallback: when the OpenBLAS library of NumPy cannot be found (another BLAS, another
 build), or when one thread is configured, everything runs serially in the caller.
@@ -31,6 +36,7 @@ _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _num_threads: int | None = None
 _in_region = threading.local()
+_saved_blas_threads: int | None = None   # NumPy's BLAS setting before the pool took over
 
 
 def _forget_pool_after_fork() -> None:
@@ -86,11 +92,14 @@ def get_num_threads() -> int:
 
 def set_num_threads(n: int) -> None:
     """Set the threads used by the convolution and pooling kernels (1 = serial)."""
-    global _num_threads, _pool
+    global _num_threads, _pool, _saved_blas_threads
     if int(n) < 1:
         raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
     with _lock:
         _num_threads = int(n)
+        if _num_threads == 1 and _saved_blas_threads is not None and _blas is not None:
+            _blas[0](_saved_blas_threads)
+            _saved_blas_threads = None
         if _pool is not None:
             _pool.shutdown(wait=True)
             _pool = None
@@ -113,6 +122,14 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
+def _single_threaded_blas() -> None:
+    global _saved_blas_threads
+    with _lock:
+        if _saved_blas_threads is None:
+            _saved_blas_threads = _blas[1]()
+        _blas[0](1)
+
+
 def parallel_for(n: int, fn: Callable[[int, int], object], work_bytes: int) -> list:
     """Call ``fn(start, stop)`` on contiguous parts of range(n), one per thread; returns
     the results in order. Serial when the work is small, when only one thread is
@@ -123,7 +140,6 @@ def parallel_for(n: int, fn: Callable[[int, int], object], work_bytes: int) -> l
         return [fn(0, n)]
     parts = split(n, threads)
     pool = _get_pool(threads)
-    set_blas, get_blas = _blas
 
     def run(bounds):
         _in_region.active = True
@@ -132,13 +148,21 @@ def parallel_for(n: int, fn: Callable[[int, int], object], work_bytes: int) -> l
         finally:
             _in_region.active = False
 
-    with _lock:
-        saved = get_blas()
-        set_blas(1)
-    try:
-        futures = [pool.submit(run, b) for b in parts[1:]]
-        first = run(parts[0])
-        return [first] + [f.result() for f in futures]
-    finally:
-        with _lock:
-            set_blas(saved)
+    _single_threaded_blas()
+    futures = [pool.submit(run, b) for b in parts[1:]]
+    first = run(parts[0])
+    return [first] + [f.result() for f in futures]
+
+
+def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for a 2-D ``a`` (M, K), its rows split over the kernel threads (for GEMMs
+    outside the convolution kernels once the pool owns the cores, e.g. Linear layers)."""
+    if a.ndim != 2:
+        return np.matmul(a, b)
+    out = np.empty((a.shape[0], b.shape[-1]), dtype=np.result_type(a, b))
+
+    def run(start, stop):
+        np.matmul(a[start:stop], b, out=out[start:stop])
+
+    parallel_for(a.shape[0], run, a.nbytes + out.nbytes + (b.nbytes if a.shape[0] >= 64 else 0))
+    return out

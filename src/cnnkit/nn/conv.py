@@ -37,6 +37,8 @@ class Conv2d(Module):
         groups: split the channels into this many independent groups (``groups ==
             in_channels`` is a depthwise convolution).
         bias: add a learnable bias per output channel.
+        generator: numpy Generator for the initial weights (default: cnnkit's global one,
+            see ``cnnkit.manual_seed``).
 
     Attributes:
         weight: Parameter (O, C // groups, kh, kw), PyTorch's default initialisation

@@ -37,12 +37,12 @@ __all__ = [
     "adaptive_avg_pool2d", "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
     "adaptive_windows",
     "logsumexp", "softmax", "log_softmax",
-    "get_num_threads", "set_num_threads",
+    "get_num_threads", "set_num_threads", "parallel_matmul",
 ]
 
 from ._conv_kernels import (column_sums, depthwise_backward, depthwise_forward, gemm_conv_forward,
                             gemm_conv_input_grad, gemm_conv_param_grads)
-from ._parallel import get_num_threads, set_num_threads
+from ._parallel import get_num_threads, parallel_matmul, set_num_threads
 from ._im2col import (col2im, conv_output_size, im2col, nchw as _nchw, nhwc as _nhwc, pair,
                       pool_output_size, resolve_conv_padding, same_padding)
 from ._pool_kernels import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward,
