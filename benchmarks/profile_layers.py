@@ -125,10 +125,8 @@ def main(argv=None) -> int:
                 if inputs:
                     torch.autograd.grad(out, inputs, gt)
 
-            with torch.no_grad():
-                t_fwd_only = median_time(lambda: tl(xt), args.repeats)
-            ttb = max(median_time(tbwd, args.repeats) - t_fwd_only, 0.0) if inputs and (i > 0 or
-                                                                                         any(True for _ in tl.parameters())) else 0.0
+            # PyTorch's backward: (forward with autograd + backward) - forward without it.
+            ttb = max(median_time(tbwd, args.repeats) - ttf, 0.0) if inputs else 0.0
         fl = layer_flops(layer, xin.shape, acts[i + 1].shape)
         bwd_mult = 2 if (i > 0 and fl) else 1
         gf_f = fl / tf / 1e9 if fl else None

@@ -178,6 +178,8 @@ def force_parallel(monkeypatch):
         pytest.skip("NumPy's OpenBLAS not found: the kernels run serially")
     monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
     monkeypatch.setattr(_parallel, "_num_threads", 3)  # restored after the test
+    yield
+    F.set_num_threads(1)  # gives NumPy's BLAS its thread count back
 
 
 @pytest.mark.parametrize("groups,stride,k,o", [(1, 1, 3, 4), (1, 2, 3, 4), (2, 1, 3, 4), (4, 1, 3, 8), (1, 1, 5, 8)])
