@@ -273,11 +273,22 @@ def to_torch_state(model) -> dict:
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.state_dict().items()}
 
 
-def check_parity(ours, ref, x, tol=1e-4, train=True):
+def check_parity(ours, ref, x, tol=1e-4, train=True, float64=False):
     """Copy our weights into ``ref``; compare forward, input gradient, every parameter
-    gradient (random upstream gradient) and every buffer after the forward."""
+    gradient (random upstream gradient) and every buffer after the forward.
+
+    ``float64`` runs both models in float64 (with a tolerance of 1e-8): deep nets in training
+    mode on tiny batches (few values per BatchNorm channel) are so ill-conditioned that float32
+    PyTorch itself is 2 % away from the float64 answer (measured on resnet18 at 2x3x64x64), so
+    only float64 can check the gradient math there."""
     torch = pytest.importorskip("torch")
     ref.load_state_dict(to_torch_state(ours))
+    dtype = np.float64 if float64 else np.float32
+    if float64:
+        ours.double()
+        ref.double()
+        x = x.astype(np.float64)
+        tol = 1e-8
     ours.train(train)
     ref.train(train)
     ref.zero_grad(set_to_none=True)
@@ -285,18 +296,18 @@ def check_parity(ours, ref, x, tol=1e-4, train=True):
     out = ours(x)
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     out_t = ref(xt)
-    assert out.dtype == np.float32
+    assert out.dtype == dtype
     assert rel_err(out, out_t.detach().numpy()) < tol
-    g = np.random.default_rng(7).standard_normal(out.shape).astype(np.float32)
+    g = np.random.default_rng(7).standard_normal(out.shape).astype(dtype)
     g.setflags(write=False)  # backward must never write into grad_out
     gx = ours.backward(g)
     out_t.backward(torch.from_numpy(g.copy()))
-    assert gx.dtype == np.float32
+    assert gx.dtype == dtype
     assert rel_err(gx, xt.grad.numpy()) < tol, "input gradient"
     ref_params = dict(ref.named_parameters())
     vanishing = biases_before_batchnorm(ours) if train else {}
     for name, p in ours.named_parameters():
-        assert p.grad is not None and p.grad.dtype == np.float32, name
+        assert p.grad is not None and p.grad.dtype == dtype, name
         ref_grad = ref_params[name].grad.numpy()
         if name in vanishing:
             # BatchNorm (batch statistics) subtracts the mean: this bias's exact gradient is 0,
@@ -804,5 +815,16 @@ def test_parity_with_pytorch_larger(name, kwargs, shape):
     fast = {"init_weights": False} if name.startswith("vgg1") else {}
     ours = cnnkit.models.create(name, **kwargs, **fast)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    check_parity(ours, ref, x)
-    check_parity(ours, ref, x, train=False)
+    # Deep nets on a 2-image batch are ill-conditioned: one ReLU whose input lies within
+    # float32 rounding of 0 flips and moves the input gradient by ~2 % (measured: resnet18 in
+    # float32 PyTorch vs float64 PyTorch; vgg_cifar with Winograd's slightly different
+    # rounding). The gradient math is therefore compared in float64, train and eval, and the
+    # float32 path by its forward output (and by the small models' full float32 parity above).
+    check_parity(ours, ref, x, float64=True)
+    check_parity(ours, ref, x, train=False, float64=True)
+    torch = pytest.importorskip("torch")
+    ours.float().eval()
+    ref.float().eval()
+    out = ours(x)
+    assert out.dtype == np.float32
+    assert rel_err(out, ref(torch.from_numpy(x)).detach().numpy()) < 1e-4
