@@ -5,7 +5,7 @@ Every layer's forward and backward pass is hand-written NumPy, with PyTorch's vo
 (``cnnkit.train.fit``, ``summary``, callbacks, history).
 """
 
-from importlib import import_module
+from ._lazy import lazy_exports
 
 from .random import get_generator, manual_seed
 
@@ -18,20 +18,9 @@ _EXPORTS = {
     "save": "io.checkpoint",
     "load": "io.checkpoint",
 }
-_SUBPACKAGES = {"nn", "optim", "data", "train", "io", "models", "cli", "plots"}
+_SUBPACKAGES = {"nn", "optim", "data", "train", "io", "models", "cli", "plots", "predict", "finetune"}
 
 __all__ = ["manual_seed", "get_generator", "__version__", *_EXPORTS, *sorted(_SUBPACKAGES)]
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    if name in _SUBPACKAGES:
-        return import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'cnnkit' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, _SUBPACKAGES)

@@ -10,7 +10,7 @@ indexing. Built-in datasets are looked for in the ``root`` argument, ``$CNNKIT_D
 Names are imported on first use (PEP 562).
 """
 
-from importlib import import_module
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "Dataset": "dataset", "ArrayDataset": "dataset", "Subset": "dataset", "random_split": "dataset",
@@ -30,15 +30,4 @@ _SUBMODULES = {"transforms", "dataset", "mnist", "cifar", "image_folder", "loade
 __all__ = [*_EXPORTS, "transforms"]
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'cnnkit.data' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, _SUBMODULES)

@@ -4,7 +4,7 @@ Names are imported on first use (PEP 562), so ``import cnnkit.nn`` stays cheap a
 layer family lives in a small file of its own.
 """
 
-from importlib import import_module
+from .._lazy import lazy_exports
 
 from .module import Module, Parameter
 
@@ -25,15 +25,4 @@ _SUBMODULES = {"functional", "init", "module", "conv", "pooling", "linear", "act
 __all__ = ["Module", "Parameter", *_EXPORTS, "functional", "init"]
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'cnnkit.nn' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, _SUBMODULES)
