@@ -15,7 +15,7 @@ def _torch_reference(torch_nn, num_classes=10, in_channels=1, side=7):
     def cbr(a, b):
         return [torch_nn.Conv2d(a, b, 3, padding=1, bias=False), torch_nn.BatchNorm2d(b), torch_nn.ReLU()]
 
-    features = torch_nn.Sequential(*cbr(in_channels, 32), *cbr(32, 32), torch_nn.MaxPool2d(2),
+    features = torch_nn.Sequential(*cbr(in_channels, 32), torch_nn.MaxPool2d(2),
                                    *cbr(32, 64), *cbr(64, 64), torch_nn.MaxPool2d(2))
     classifier = torch_nn.Sequential(torch_nn.Flatten(), torch_nn.Linear(64 * side * side, 256, bias=False),
                                      torch_nn.BatchNorm1d(256), torch_nn.ReLU(), torch_nn.Dropout(0.3),
