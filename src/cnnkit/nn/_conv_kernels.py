@@ -14,7 +14,9 @@
   flipped, transposed kernel (im2col + GEMM again, or Winograd) - faster than col2im's
   kh*kw strided scatter-adds. Otherwise GEMM to columns + col2im.
 - depthwise (one input channel per group): a tap loop of multiply-adds on cache-sized
-  batch chunks; G tiny GEMMs would be dominated by call overhead.
+  blocks of output rows, each tap a stride-1 window of a stride phase of the input so that
+  NumPy loops over whole image rows; G tiny GEMMs would be dominated by call overhead.
+- 1x1 stride-1 convolutions: a plain GEMM on the channels-last input (no im2col copy).
 """
 
 from __future__ import annotations
@@ -74,7 +76,31 @@ def gemm_conv_forward(xt: np.ndarray, weight: np.ndarray, groups: int, geo: dict
         return wino.winograd_conv(xt, wino.transform_weight(weight), geo["pads"], geo["out_hw"], bias)
     if groups == 1 and xt.shape[3] <= SMALL_C:
         return _small_c_conv(xt, weight, geo, bias)
+    if (groups == 1 and geo["kernel"] == (1, 1) and geo["stride"] == (1, 1) and not any(geo["pads"])
+            and xt.flags.c_contiguous):
+        return _pointwise_conv(xt, weight, bias)
     return _gemm_conv(xt, weight_matrix(weight, groups), weight.shape, groups, geo, bias)
+
+
+def _pointwise_conv(xt: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """1x1 stride-1 unpadded convolution of a C-contiguous NHWC input: a plain GEMM
+    (N*H*W, C) @ (C, O) on the input itself. im2col would only copy the input. The rows
+    are split over the threads, so batch 1 uses them too."""
+    n, h, w, c = xt.shape
+    o = weight.shape[0]
+    x2d = xt.reshape(n * h * w, c)
+    wmat = weight.reshape(o, c).T                                         # (C, O) view
+    out = np.empty((n, h, w, o), dtype=xt.dtype)
+    out2d = out.reshape(n * h * w, o)
+
+    def run(start, stop):
+        dst = out2d[start:stop]
+        np.matmul(x2d[start:stop], wmat, out=dst)
+        if bias is not None:
+            dst += bias
+
+    parallel_for(x2d.shape[0], run, x2d.nbytes + out2d.nbytes)
+    return out
 
 
 def _gemm_conv(xt, wk, wshape, groups, geo, bias=None) -> np.ndarray:
@@ -264,12 +290,115 @@ def _depthwise_taps(geo, h, w):
 
 
 #: Depthwise kernels work on batch chunks of about this many output bytes (cache-sized).
-DEPTHWISE_CHUNK_BYTES = 1 << 20
+DEPTHWISE_CHUNK_BYTES = 256 << 10
 
 
 def depthwise_forward(xt: np.ndarray, weight: np.ndarray, geo: dict, bias: np.ndarray | None = None) -> np.ndarray:
-    """Depthwise convolution (groups == C): per tap, out += x_tap * w_tap, on batch chunks
-    small enough for the running sum and its temporary to stay in cache."""
+    """Depthwise convolution (groups == C): per tap, out += x_tap * w_tap.
+
+    One output channel per input channel (the usual case) goes to ``_depthwise_rows``;
+    channel multipliers > 1 to the tap loop on batch chunks below."""
+    if weight.shape[0] == xt.shape[3]:
+        return _depthwise_rows(xt, weight, geo, bias)
+    return _depthwise_multiplier(xt, weight, geo, bias)
+
+
+def _depthwise_taps_rows(xt: np.ndarray, geo: dict) -> list:
+    """Kernel taps as stride-1 windows: ``(plane, dr, dc, (o0, o1), (w0, w1), tap)`` meaning
+    ``out[:, r, w] += plane[:, r + dr, w + dc] * weight_tap`` for rows r in [o0, o1) and
+    columns w in [w0, w1) (the outputs whose tap reads a pixel inside the image).
+
+    ``plane`` is a C-contiguous stride phase of the input, ``xt[:, a::sh, b::sw]``: output
+    row r, tap i reads input row r*sh + i*dh - top, which is row r + dr of phase
+    a = (i*dh - top) mod sh. So every window has contiguous image rows (Wo*C values) even
+    for stride 2, and padding is never materialised. For stride 1 the plane is the input."""
+    n, h, w, c = xt.shape
+    (kh, kw), (sh, sw), (dh, dw) = geo["kernel"], geo["stride"], geo["dilation"]
+    ho, wo = geo["out_hw"]
+    t, _, l, _ = geo["pads"]
+    planes = {}
+
+    def plane(a, b):
+        if (a, b) not in planes:
+            src = xt[:, a::sh, b::sw]
+            if src.flags.c_contiguous:
+                planes[(a, b)] = src
+            else:
+                buf = workspace.get(f"dw_phase_{a}_{b}", src.shape, xt.dtype)
+                np.copyto(buf, src)
+                planes[(a, b)] = buf
+        return planes[(a, b)]
+
+    taps = []
+    for i in range(kh):
+        a = (i * dh - t) % sh
+        dr = (i * dh - t - a) // sh
+        o0, o1 = max(0, -dr), min(ho, -(-(h - a) // sh) - dr)
+        if o1 <= o0:
+            continue
+        for j in range(kw):
+            b = (j * dw - l) % sw
+            dc = (j * dw - l - b) // sw
+            w0, w1 = max(0, -dc), min(wo, -(-(w - b) // sw) - dc)
+            if w1 > w0:
+                taps.append((plane(a, b), dr, dc, (o0, o1), (w0, w1), i * kw + j))
+    # A tap covering the whole output first: it initialises the sum without a zero fill.
+    taps.sort(key=lambda tp: tp[3] != (0, ho) or tp[4] != (0, wo))
+    return taps
+
+
+def _depthwise_rows(xt: np.ndarray, weight: np.ndarray, geo: dict, bias: np.ndarray | None = None) -> np.ndarray:
+    """Depthwise convolution with one output channel per input channel, any stride / padding.
+
+    Why this shape of loop: a per-channel weight broadcast over (N, Ho, Wo, C) limits NumPy's
+    inner loop to C values, and the loop overhead then costs as much as the arithmetic.
+    Here every tap reads a stride-1 window of a stride phase (``_depthwise_taps_rows``), so
+    an output row is Wo*C contiguous values, and the tap's weight is tiled to a (Wo*C,)
+    row: each multiply / add runs over whole image rows. Work is split over blocks of
+    output rows (all images at once), so batch 1 is shared by the threads too, and each
+    block's running sum and temporary stay in cache."""
+    n, h, w, c = xt.shape
+    _, _, kh, kw = weight.shape
+    ho, wo = geo["out_hw"]
+    taps = _depthwise_taps_rows(xt, geo)
+    # (taps, Wo*C): row (i*kw + j) is weight[:, 0, i, j] repeated Wo times.
+    wrow = np.ascontiguousarray(
+        np.broadcast_to(weight.reshape(c, kh * kw).T[:, None, :], (kh * kw, wo, c))).reshape(kh * kw, wo * c)
+    out = np.empty((n, ho, wo, c), dtype=xt.dtype)
+    full = bool(taps) and taps[0][3] == (0, ho) and taps[0][4] == (0, wo)
+    row_bytes = n * wo * c * xt.itemsize
+    step = max(1, DEPTHWISE_CHUNK_BYTES // row_bytes)
+
+    def run(start, stop):
+        for r0 in range(start, stop, step):
+            r1 = min(stop, r0 + step)
+            if not full:
+                out[:, r0:r1].fill(0)
+            for k, (p, dr, dc, (o0, o1), (w0, w1), tap) in enumerate(taps):
+                a, b = max(o0, r0), min(o1, r1)
+                if a >= b:
+                    continue
+                shape = (n, b - a, (w1 - w0) * c)
+                dst = out[:, a:b, w0:w1].reshape(shape)
+                src = p[:, a + dr: b + dr, w0 + dc: w1 + dc].reshape(shape)
+                wt = wrow[tap, : shape[2]]
+                if k == 0 and full:
+                    np.multiply(src, wt, out=dst)
+                else:
+                    tmp = workspace.get("dw_tmp", shape, xt.dtype)
+                    np.multiply(src, wt, out=tmp)
+                    dst += tmp
+            if bias is not None:
+                out[:, r0:r1] += bias
+
+    parallel_for(ho, run, out.nbytes * max(len(taps), 1))
+    return out
+
+
+def _depthwise_multiplier(xt: np.ndarray, weight: np.ndarray, geo: dict,
+                          bias: np.ndarray | None = None) -> np.ndarray:
+    """Depthwise convolution with a channel multiplier: per tap, out += x_tap * w_tap, on
+    batch chunks small enough for the running sum and its temporary to stay in cache."""
     n, h, w, c = xt.shape
     o, _, kh, kw = weight.shape
     mult = o // c

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .module import Module
+from .module import Module, is_grad_enabled
 
 __all__ = ["ReLU", "ReLU6", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
            "softmax", "log_softmax", "sigmoid"]
@@ -78,7 +78,8 @@ class ReLU(_Activation):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _as_float(self, x)
-        self._cache = x > 0
+        # Inside no_grad() the cache is dropped right after forward: do not build the mask.
+        self._cache = x > 0 if is_grad_enabled() else None
         return np.maximum(x, 0)  # a Python 0 keeps the input's dtype (NEP 50)
 
     def _grad(self, grad_out, mask):
@@ -100,7 +101,9 @@ class ReLU6(_Activation):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _as_float(self, x)
-        self._cache = (x > 0) & (x < 6)
+        # The mask costs as much as the clip itself: skip it inside no_grad(), where the
+        # cache is dropped right after forward anyway.
+        self._cache = (x > 0) & (x < 6) if is_grad_enabled() else None
         return np.clip(x, 0, 6)
 
     def _grad(self, grad_out, mask):

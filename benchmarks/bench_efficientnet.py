@@ -1,0 +1,119 @@
+"""EfficientNet-Lite0 inference speed of cnnkit against the reference PyTorch model, in ONE process.
+
+    python benchmarks/bench_efficientnet.py                       # batch 1 and 8, 2 threads
+    python benchmarks/bench_efficientnet.py --batch-sizes 1 8 32 --threads 1 --rounds 9
+
+cnnkit: ``cnnkit.models.efficientnet_lite0(pretrained=False)`` in eval mode, called inside
+``cnnkit.no_grad()`` (each layer frees its forward cache). PyTorch: the reference model of
+the package ``efficientnet-lite-pytorch`` (``EfficientNet.from_name('efficientnet-lite0')``)
+with cnnkit's weights copied in (same keys), eval mode, under ``torch.no_grad()``.
+Input: float32 (N, 3, 224, 224). Each round times a few forward passes of one library,
+pauses, then the other (the order alternates between rounds); the table shows the medians
+over rounds and the ratio cnnkit / PyTorch (> 1: cnnkit is faster). Both libraries use
+``--threads`` threads (PyTorch intra-op; cnnkit's kernel pool and NumPy's OpenBLAS).
+Absolute numbers on a shared machine are noisy; the ratio of interleaved runs is less so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+IMAGE_SIZE = 224
+
+
+def build_models():
+    """(cnnkit model, PyTorch model) with identical weights, both in eval mode."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    import cnnkit
+    cnnkit.manual_seed(0)
+    ours = cnnkit.models.efficientnet_lite0(pretrained=False).eval()
+    ref = EfficientNet.from_name("efficientnet-lite0")
+    ref.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ours.state_dict().items()})
+    return ours, ref.eval()
+
+
+def make_steps(ours, ref, n: int):
+    import torch
+
+    import cnnkit
+    x = np.random.default_rng(0).standard_normal((n, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
+    xt = torch.from_numpy(x.copy())
+
+    def ck():
+        with cnnkit.no_grad():
+            return ours(x)
+
+    def th():
+        with torch.no_grad():
+            return ref(xt)
+
+    # Same weights, same input: the logits must agree (guards against benchmarking a broken model).
+    a, b = ck(), th().numpy()
+    assert a.dtype == np.float32, f"cnnkit returned {a.dtype}, expected float32"
+    err = float(np.abs(a - b).max()) / max(float(np.abs(b).max()), 1e-12)
+    assert err < 1e-3, f"cnnkit and PyTorch logits differ (relative error {err:.2e})"
+    return ck, th
+
+
+def time_steps(fn, steps: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return time.perf_counter() - t0
+
+
+def bench(ours, ref, n, rounds, pause, min_time):
+    ck, th = make_steps(ours, ref, n)
+    for fn in (ck, th, ck, th):  # warm up: workspaces, allocators, thread pools
+        fn()
+    one = max(time_steps(ck, 1), time_steps(th, 1))
+    steps = max(1, int(np.ceil(min_time / max(one, 1e-6))))
+    rates = {"cnnkit": [], "torch": []}
+    for r in range(rounds):
+        order = [("cnnkit", ck), ("torch", th)]
+        if r % 2:
+            order.reverse()
+        for lib, fn in order:
+            time.sleep(pause)
+            rates[lib].append(steps * n / time_steps(fn, steps))
+    return float(np.median(rates["cnnkit"])), float(np.median(rates["torch"]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--pause", type=float, default=0.5, help="seconds between the libraries' timings")
+    ap.add_argument("--min-time", type=float, default=0.5, help="seconds per timing (sets the steps)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from cnnkit.nn import _parallel
+    from cnnkit.nn import functional as F
+    torch.set_num_threads(args.threads)
+    F.set_num_threads(args.threads)
+    if _parallel._blas is not None:  # NumPy's own BLAS (1x1 convs as plain GEMMs, Linear)
+        _parallel._blas[0](args.threads)
+    ours, ref = build_models()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# EfficientNet-Lite0 inference {IMAGE_SIZE}x{IMAGE_SIZE}, cnnkit vs PyTorch {torch.__version__} "
+          f"(CPU, float32), {args.threads} threads, {args.rounds} rounds, load average {load:.1f}\n")
+    print("| batch | cnnkit img/s | PyTorch img/s | ratio |")
+    print("|---:|---:|---:|---:|")
+    for n in args.batch_sizes:
+        c, t = bench(ours, ref, n, args.rounds, args.pause, args.min_time)
+        print(f"| {n} | {c:,.1f} | {t:,.1f} | {c / t:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
