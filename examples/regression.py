@@ -11,7 +11,7 @@ those).
 
 Run::
 
-    python examples/regression.py            # about 15-40 s on 2 CPU cores
+    python examples/regression.py            # about 10 s on 2 CPU cores
     python examples/regression.py --synthetic --n-train 512 --epochs 1
 
 It prints the mean absolute error of each target on held-out images next to the error of
@@ -93,9 +93,9 @@ def make_model() -> nn.Sequential:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n-train", type=int, default=3000)
+    parser.add_argument("--n-train", type=int, default=6000)
     parser.add_argument("--n-test", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--synthetic", action="store_true", help="use generated blobs, not Fashion-MNIST")
     args = parser.parse_args(argv)

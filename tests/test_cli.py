@@ -112,7 +112,7 @@ def test_resume_refuses_changed_settings(data_env, capsys):
     assert _train(out, "--epochs", "1", "--limit-train", "50") == 0  # the later --epochs wins
     capsys.readouterr()
     assert main(["train", "--out", str(out), "--resume", "--lr", "0.5"]) == 2
-    assert "cannot resume with different settings: --lr 0.5 (the run has 0.002)" in capsys.readouterr().err
+    assert "cannot resume with different settings: --lr 0.5 (the run has 0.003)" in capsys.readouterr().err
     # Repeating the run's own settings is fine (nothing left to train: it just re-tests).
     assert main(["train", "--out", str(out), "--resume", "--model", "lenet", "--limit-train", "50"]) == 0
     assert main(["train", "--out", str(data_env / "nothing"), "--resume"]) == 2
@@ -165,6 +165,19 @@ def test_presets_fill_what_is_not_given():
         (10, 128, "sgd", "onecycle", True)
     assert cfg["lr"] == 0.05 and cfg["seed"] == 0
     cfg = resolve_config({"model": "lenet", "dataset": "mnist"})
-    assert (cfg["optimizer"], cfg["lr"], cfg["epochs"]) == ("adam", 2e-3, 5)
+    assert (cfg["optimizer"], cfg["lr"], cfg["epochs"]) == ("adam", 3e-3, 5)
     with pytest.raises(ValueError, match=r"--val-fraction must be in \[0, 1\)"):
         resolve_config({"model": "lenet", "dataset": "mnist", "val_fraction": 1.0})
+
+
+def test_output_cut_short_by_a_closed_pipe_is_not_an_error():
+    """`cnnkit datasets | head -1`: the reader leaving early must not print an error."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        f"{sys.executable} -m cnnkit.cli datasets | head -c 1",
+        shell=True, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.stdout != ""
+    assert "error" not in proc.stderr.lower()
