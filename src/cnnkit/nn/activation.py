@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._parallel import parallel_for
 from .module import Module, is_grad_enabled
 
 __all__ = ["ReLU", "ReLU6", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
@@ -48,6 +49,12 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (np.where(x >= 0, 1, e) / (1 + e)).astype(x.dtype, copy=False)
 
 
+def _split_rows(x: np.ndarray, run) -> None:
+    """Call ``run(start, stop)`` on parts of x's first axis, one per kernel thread (NumPy's
+    elementwise loops are single-threaded; big activations are worth two cores)."""
+    parallel_for(x.shape[0] if x.ndim else 1, run, x.nbytes)
+
+
 class _Activation(Module):
     def __init__(self) -> None:
         super().__init__()
@@ -79,11 +86,31 @@ class ReLU(_Activation):
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _as_float(self, x)
         # Inside no_grad() the cache is dropped right after forward: do not build the mask.
-        self._cache = x > 0 if is_grad_enabled() else None
-        return np.maximum(x, 0)  # a Python 0 keeps the input's dtype (NEP 50)
+        mask = np.empty_like(x, dtype=bool) if is_grad_enabled() else None
+        out = np.empty_like(x)  # same memory layout as x (e.g. NHWC under an NCHW view)
+
+        def run(start, stop):
+            part = slice(start, stop) if x.ndim else ()
+            if mask is not None:
+                np.greater(x[part], 0, out=mask[part])
+            np.maximum(x[part], 0, out=out[part])  # a Python 0 keeps the dtype (NEP 50)
+
+        _split_rows(x, run)
+        self._cache = mask
+        return out
 
     def _grad(self, grad_out, mask):
-        return grad_out * mask
+        grad_out = np.asarray(grad_out)
+        if grad_out.shape != mask.shape:
+            return grad_out * mask
+        gx = np.empty_like(grad_out, dtype=np.result_type(grad_out, mask))
+
+        def run(start, stop):
+            part = slice(start, stop) if gx.ndim else ()
+            np.multiply(grad_out[part], mask[part], out=gx[part])
+
+        _split_rows(gx, run)
+        return gx
 
 
 class ReLU6(_Activation):
