@@ -155,14 +155,24 @@ def parallel_for(n: int, fn: Callable[[int, int], object], work_bytes: int) -> l
 
 
 def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for a 2-D ``a`` (M, K), its rows split over the kernel threads (for GEMMs
-    outside the convolution kernels once the pool owns the cores, e.g. Linear layers)."""
-    if a.ndim != 2:
+    """``a @ b`` for a 2-D ``a`` (M, K) and ``b`` (K, N), split over the kernel threads (for
+    GEMMs outside the convolution kernels once the pool owns the cores, e.g. Linear layers).
+
+    The longer side of the (M, N) output is split: with few rows (a batch of 64) a split of
+    the rows would make every thread pack all of ``b``; a split of the columns packs half
+    of it each (measured on a Linear 3136 -> 256 at batch 64: 1.19 ms serial, 1.04 ms by
+    rows, 0.79 ms by columns)."""
+    if a.ndim != 2 or b.ndim != 2:
         return np.matmul(a, b)
-    out = np.empty((a.shape[0], b.shape[-1]), dtype=np.result_type(a, b))
-
-    def run(start, stop):
-        np.matmul(a[start:stop], b, out=out[start:stop])
-
-    parallel_for(a.shape[0], run, a.nbytes + out.nbytes + (b.nbytes if a.shape[0] >= 64 else 0))
+    m, n = a.shape[0], b.shape[1]
+    out = np.empty((m, n), dtype=np.result_type(a, b))
+    work = a.nbytes + b.nbytes + out.nbytes
+    if n >= m:
+        def run(start, stop):
+            np.matmul(a, b[:, start:stop], out=out[:, start:stop])
+        parallel_for(n, run, work)
+    else:
+        def run(start, stop):
+            np.matmul(a[start:stop], b, out=out[start:stop])
+        parallel_for(m, run, work)
     return out

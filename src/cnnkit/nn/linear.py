@@ -7,9 +7,18 @@ import math
 import numpy as np
 
 from . import init
+from ._parallel import parallel_matmul
 from .module import DEFAULT_DTYPE, Module, Parameter
 
 __all__ = ["Linear", "Flatten", "Identity"]
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for a (..., K) ``a`` and a (K, M) ``b``, its rows split over the kernel
+    threads (NumPy's OpenBLAS runs single-threaded once the thread pool owns the cores)."""
+    if a.ndim < 2:
+        return a @ b
+    return parallel_matmul(a.reshape(-1, a.shape[-1]), b).reshape(*a.shape[:-1], b.shape[-1])
 
 
 def _check_float(layer: Module, x: np.ndarray) -> np.ndarray:
@@ -76,7 +85,7 @@ class Linear(Module):
             )
         w = self.weight.data
         x = x.astype(w.dtype, copy=False)
-        out = x @ w.T
+        out = _matmul(x, w.T)
         if self.bias is not None:
             out += self.bias.data
         self._cache = x
@@ -87,13 +96,13 @@ class Linear(Module):
         w = self.weight.data
         g2 = grad_out.reshape(-1, self.out_features)
         if self.weight.requires_grad:
-            gw = g2.T @ x.reshape(-1, self.in_features)
+            gw = _matmul(g2.T, x.reshape(-1, self.in_features))
             self.weight.accumulate_grad(gw)
         if self.bias is not None and self.bias.requires_grad:
             self.bias.accumulate_grad(g2.sum(axis=0))
         if not self.needs_input_grad:
             return None
-        return grad_out @ w
+        return _matmul(grad_out, w)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
