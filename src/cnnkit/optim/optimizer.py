@@ -8,6 +8,7 @@ place from its ``.grad``; the base class picks the parameters that take part in 
 from __future__ import annotations
 
 import math
+import threading
 from itertools import chain
 from typing import Any, Callable, Iterable
 
@@ -181,9 +182,10 @@ class Optimizer:
     def _temp(self, p: Parameter, slot: int) -> np.ndarray:
         """A scratch array shaped and typed like ``p`` (``slot`` 0 or 1: two independent ones).
 
-        The contents are garbage; they stay valid only until the next call with the same slot.
+        The contents are garbage; they stay valid only until the next call with the same slot
+        in the same thread (each thread has its own, so ``_update`` may run on several).
         """
-        key = (p.data.dtype, slot)
+        key = (p.data.dtype, slot, threading.get_ident())
         buf = self._scratch.get(key)
         if buf is None or buf.size < p.data.size:
             buf = np.empty(p.data.size, dtype=p.data.dtype)

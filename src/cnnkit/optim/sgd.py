@@ -6,7 +6,20 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..nn._parallel import get_num_threads, parallel_for
 from .optimizer import Optimizer, _check_range
+
+
+def _balanced_bins(params: list, n: int) -> list[list]:
+    """``params`` in at most ``n`` lists of about equal total size (largest first, each to
+    the lightest list)."""
+    bins: list[list] = [[] for _ in range(max(1, min(n, len(params))))]
+    sizes = [0] * len(bins)
+    for p in sorted(params, key=lambda q: q.data.size, reverse=True):
+        i = sizes.index(min(sizes))
+        bins[i].append(p)
+        sizes[i] += p.data.size
+    return bins
 
 __all__ = ["SGD"]
 
@@ -62,45 +75,59 @@ class SGD(Optimizer):
         wd = float(group["weight_decay"])
         nesterov = bool(group["nesterov"])
         maximize = bool(group["maximize"])
-        for p in params:
-            g = p.grad
-            used = -1  # which scratch slot holds g (-1: none)
-            if wd != 0 or maximize:
-                # Never write into p.grad: the caller may still read it.
-                g = self._temp(p, 0)
-                used = 0
-                if wd != 0:
-                    np.multiply(p.data, wd, out=g)
-                    if maximize:
-                        g -= p.grad
-                    else:
-                        g += p.grad
+        # The parameters are independent: split them over the kernel threads in bins of
+        # about equal size (NumPy's elementwise loops use one core; VGG's step is ~9 ms).
+        bins = _balanced_bins(params, get_num_threads())
+        if momentum != 0:
+            for p in params:  # the state is created in parameter order (state_dict's order)
+                self.state.setdefault(p, {})
+
+        def run(start, stop):
+            for b in bins[start:stop]:
+                for p in b:
+                    self._update_one(p, lr, momentum, dampening, wd, nesterov, maximize)
+
+        parallel_for(len(bins), run, 4 * sum(p.data.nbytes for p in params))
+
+    def _update_one(self, p: Any, lr, momentum, dampening, wd, nesterov, maximize) -> None:
+        g = p.grad
+        used = -1  # which scratch slot holds g (-1: none)
+        if wd != 0 or maximize:
+            # Never write into p.grad: the caller may still read it.
+            g = self._temp(p, 0)
+            used = 0
+            if wd != 0:
+                np.multiply(p.data, wd, out=g)
+                if maximize:
+                    g -= p.grad
                 else:
-                    np.negative(p.grad, out=g)
-            if momentum != 0:
-                state = self.state.setdefault(p, {})
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = np.array(g, dtype=p.data.dtype, copy=True)
-                    state["momentum_buffer"] = buf
+                    g += p.grad
+            else:
+                np.negative(p.grad, out=g)
+        if momentum != 0:
+            state = self.state.setdefault(p, {})
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = np.array(g, dtype=p.data.dtype, copy=True)
+                state["momentum_buffer"] = buf
+            else:
+                buf *= momentum
+                if dampening == 0:
+                    buf += g
                 else:
-                    buf *= momentum
-                    if dampening == 0:
-                        buf += g
-                    else:
-                        damped = self._temp(p, 1)
-                        np.multiply(g, 1.0 - dampening, out=damped)
-                        buf += damped
-                if nesterov:
-                    # g + momentum * buf: slot 1 takes momentum * buf, then g is added into it.
-                    look_ahead = self._temp(p, 1)
-                    np.multiply(buf, momentum, out=look_ahead)
-                    look_ahead += g
-                    g, used = look_ahead, 1
-                else:
-                    g = buf
-                    used = -1
-            # p -= lr * g; reuse g's own scratch slot when it has one.
-            step = g if used >= 0 else self._temp(p, 0)
-            np.multiply(g, lr, out=step)
-            p.data -= step
+                    damped = self._temp(p, 1)
+                    np.multiply(g, 1.0 - dampening, out=damped)
+                    buf += damped
+            if nesterov:
+                # g + momentum * buf: slot 1 takes momentum * buf, then g is added into it.
+                look_ahead = self._temp(p, 1)
+                np.multiply(buf, momentum, out=look_ahead)
+                look_ahead += g
+                g, used = look_ahead, 1
+            else:
+                g = buf
+                used = -1
+        # p -= lr * g; reuse g's own scratch slot when it has one.
+        step = g if used >= 0 else self._temp(p, 0)
+        np.multiply(g, lr, out=step)
+        p.data -= step
