@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from .models.imagenet import as_pil_image, efficientnet_batch, imagenet_class_names
+from .nn import functional as F
 from .nn.module import Module
 
 Prediction = list[tuple[str, float]]
@@ -103,11 +104,8 @@ def resolve_meta(model: Module, meta: dict | None = None) -> dict:
 
 # ---------------------------------------------------------------------------- running
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable (the row maximum is subtracted first)."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
+    """Row-wise softmax of (N, classes) logits (``cnnkit.nn.functional.softmax`` on axis 1)."""
+    return F.softmax(logits, axis=1)
 
 
 def _is_single_image(images: Any) -> bool:

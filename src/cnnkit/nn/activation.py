@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._parallel import parallel_for
+from .functional import log_softmax, softmax  # the kernels live in functional.py
 from .module import Module, is_grad_enabled
 
 __all__ = ["ReLU", "ReLU6", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
@@ -26,21 +27,6 @@ def _check_dim(layer: Module, x: np.ndarray, dim: int) -> int:
     if not -x.ndim <= dim < x.ndim:
         raise ValueError(f"{layer._short_name()}: dim {dim} is out of range for an input with shape {x.shape}")
     return dim % x.ndim
-
-
-def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable log-softmax along ``axis`` (x - max - log(sum(exp(x - max))))."""
-    shifted = x - x.max(axis=axis, keepdims=True)
-    # exp of the shifted values is <= 1, so the sum cannot overflow.
-    shifted -= np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
-    return shifted
-
-
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax along ``axis``."""
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    e /= e.sum(axis=axis, keepdims=True)
-    return e
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -192,8 +192,11 @@ def logsumexp(x: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarr
 
 
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """x - logsumexp(x) along ``axis``."""
-    return x - logsumexp(x, axis=axis, keepdims=True)
+    """x - logsumexp(x) along ``axis``: x - max - log(sum(exp(x - max))), one exp pass."""
+    shifted = x - x.max(axis=axis, keepdims=True)
+    # exp of the shifted values is <= 1, so the sum cannot overflow.
+    shifted -= np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    return shifted
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
