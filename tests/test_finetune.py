@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -10,25 +9,18 @@ import pytest
 from PIL import Image
 
 import cnnkit
+from subcommand_helpers import run_subcommand, weights_installed
 from cnnkit.finetune import (add_parser, balanced_class_weights, evaluate_folder, finetune,
                              held_out_report, stratified_split)
-from cnnkit.models.pretrained import PretrainedWeightsError, load_pretrained_state_dict, pretrained_weights_path
+from cnnkit.models.pretrained import load_pretrained_state_dict
 from cnnkit.predict import predict
 
 
-def _weights_installed() -> bool:
-    try:
-        pretrained_weights_path("efficientnet_lite0")
-        return True
-    except PretrainedWeightsError:
-        return False
+_weights_installed = weights_installed
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser(prog="cnnkit")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_subcommand(add_parser, argv)
 
 
 # ------------------------------------------------------------------------------ pieces

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -10,26 +9,18 @@ import pytest
 from PIL import Image
 
 import cnnkit
+from subcommand_helpers import run_subcommand, weights_installed
 from cnnkit import nn
 from cnnkit.models import imagenet
-from cnnkit.models.pretrained import PretrainedWeightsError, pretrained_weights_path
 from cnnkit.predict import (add_parser, find_best_checkpoint, load_predictor, predict, predict_proba,
                             preprocess, softmax)
 
 
-def _weights_installed() -> bool:
-    try:
-        pretrained_weights_path("efficientnet_lite0")
-        return True
-    except PretrainedWeightsError:
-        return False
+_weights_installed = weights_installed
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser(prog="cnnkit")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_subcommand(add_parser, argv)
 
 
 # ------------------------------------------------------------------------------ preprocessing
