@@ -58,3 +58,12 @@ class Workspace:
 
 #: The scratch memory shared by every convolution in the process.
 workspace = Workspace()
+
+
+def batch_chunks(start: int, stop: int, bytes_per_sample: int, target: int):
+    """(n0, n1) ranges covering [start, stop), each about ``target`` bytes of per-sample
+    scratch (at least one sample): kernels work chunk by chunk so that their scratch
+    stays small and the GEMM reads columns that were just written."""
+    step = max(1, target // max(bytes_per_sample, 1))
+    for n0 in range(start, stop, step):
+        yield n0, min(stop, n0 + step)

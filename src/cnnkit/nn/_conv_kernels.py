@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._buffers import workspace
-from ._im2col import col2im, im2col, im2col_channels_first, nchw, tap_windows
+from ._buffers import batch_chunks, workspace
+from ._im2col import col2im, im2col, tap_windows
+from ._small_channel_conv import small_c_conv, small_c_weight_grad
 from ._parallel import parallel_for
 from . import _winograd as wino
 
@@ -38,9 +39,7 @@ GX_TRANSPOSED_FACTOR = 4
 
 
 def _chunks(start: int, stop: int, bytes_per_sample: int, target: int | None = None):
-    step = max(1, (target or CHUNK_BYTES) // max(bytes_per_sample, 1))
-    for n0 in range(start, stop, step):
-        yield n0, min(stop, n0 + step)
+    return batch_chunks(start, stop, bytes_per_sample, target or CHUNK_BYTES)
 
 
 _ones_cache: dict = {}
@@ -75,7 +74,7 @@ def gemm_conv_forward(xt: np.ndarray, weight: np.ndarray, groups: int, geo: dict
     if wino.use_winograd(geo["kernel"], geo["stride"], geo["dilation"], groups, xt.shape[3], weight.shape[0]):
         return wino.winograd_conv(xt, wino.transform_weight(weight), geo["pads"], geo["out_hw"], bias)
     if groups == 1 and xt.shape[3] <= SMALL_C:
-        return _small_c_conv(xt, weight, geo, bias)
+        return small_c_conv(xt, weight, geo, bias)
     if (groups == 1 and geo["kernel"] == (1, 1) and geo["stride"] == (1, 1) and not any(geo["pads"])
             and xt.flags.c_contiguous):
         return _pointwise_conv(xt, weight, bias)
@@ -129,59 +128,6 @@ def _gemm_conv(xt, wk, wshape, groups, geo, bias=None) -> np.ndarray:
     return out
 
 
-def _small_c_conv(xt, weight, geo, bias=None) -> np.ndarray:
-    """Forward with channels-first columns (K, M): few input channels (first layers)."""
-    n = xt.shape[0]
-    o, c, kh, kw = weight.shape
-    ho, wo = geo["out_hw"]
-    k = c * kh * kw
-    wmat = weight.reshape(o, k).T                                         # (K, O) view
-    x = nchw(xt)
-    out = np.empty((n, ho, wo, o), dtype=xt.dtype)
-    per_sample = ho * wo * k * xt.itemsize
-
-    def run(start, stop):
-        for n0, n1 in _chunks(start, stop, per_sample):
-            m = (n1 - n0) * ho * wo
-            cols = workspace.get("conv_cols", (c, kh, kw, n1 - n0, ho, wo), xt.dtype)
-            im2col_channels_first(x[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo), cols)
-            dst = out[n0:n1].reshape(m, o)
-            np.matmul(cols.reshape(k, m).T, wmat, out=dst)
-            if bias is not None:
-                dst += bias
-
-    parallel_for(n, run, n * per_sample)
-    return out
-
-
-def _small_c_weight_grad(g, xt, weight_shape, geo) -> np.ndarray:
-    n = xt.shape[0]
-    o, c, kh, kw = weight_shape
-    ho, wo = geo["out_hw"]
-    k = c * kh * kw
-    x = nchw(xt)
-    per_sample = ho * wo * k * xt.itemsize
-
-    def run(start, stop):
-        acc = None
-        for n0, n1 in _chunks(start, stop, per_sample):
-            m = (n1 - n0) * ho * wo
-            cols = workspace.get("conv_cols", (c, kh, kw, n1 - n0, ho, wo), xt.dtype)
-            im2col_channels_first(x[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo), cols)
-            part = cols.reshape(k, m) @ g[n0:n1].reshape(m, o)          # (K, O)
-            if acc is None:
-                acc = part
-            else:
-                acc += part
-        return acc
-
-    parts = parallel_for(n, run, n * per_sample)
-    acc = parts[0]
-    for p in parts[1:]:
-        acc += p
-    return np.ascontiguousarray(acc.T).reshape(o, c, kh, kw)
-
-
 def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: int, geo: dict,
                           need_weight_grad: bool = True, need_bias_grad: bool = True):
     """(d loss / d weight (O, Cg, kh, kw), d loss / d bias (O,)) from the NHWC upstream
@@ -196,7 +142,7 @@ def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: i
         gb = column_sums(g.reshape(-1, o)) if need_bias_grad else None
         return gw, gb
     if need_weight_grad and groups == 1 and cg <= SMALL_C:
-        gw = _small_c_weight_grad(g, xt, weight_shape, geo)
+        gw = small_c_weight_grad(g, xt, weight_shape, geo)
         gb = column_sums(g.reshape(-1, o)) if need_bias_grad else None
         return gw, gb
     per_sample = groups * ho * wo * k * xt.itemsize
