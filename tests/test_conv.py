@@ -135,6 +135,22 @@ def test_winograd_big_layer_parity_with_torch_float32():
         np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("pads, hw", [((1, 1, 1, 1), (6, 7)), ((2, 0, 1, 2), (5, 5))])
+def test_winograd_flipped_uses_the_forward_transform(pads, hw):
+    # The input gradient reuses the forward's transformed weight with permuted tile
+    # transforms; it must equal the transform of the explicitly flipped, transposed kernel.
+    from cnnkit.nn import _winograd
+    rng = np.random.default_rng(11)
+    o, c = 5, 3
+    w = rng.standard_normal((o, c, 3, 3))
+    g = rng.standard_normal((2, 6, 7, o))
+    flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    expected = _winograd.winograd_conv(g, _winograd.transform_weight(flipped), pads, hw)
+    got = _winograd.winograd_conv(g, _winograd.transform_weight(w), pads, hw, flipped=True)
+    assert got.shape == (2, *hw, c)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_same_padding_matches_torch_same_stride1():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(3)

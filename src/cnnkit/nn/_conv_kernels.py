@@ -72,7 +72,10 @@ def gemm_conv_forward(xt: np.ndarray, weight: np.ndarray, groups: int, geo: dict
                       bias: np.ndarray | None = None) -> np.ndarray:
     """NHWC input (N, H, W, C) -> NHWC output (N, Ho, Wo, O), a fresh array."""
     if wino.use_winograd(geo["kernel"], geo["stride"], geo["dilation"], groups, xt.shape[3], weight.shape[0]):
-        return wino.winograd_conv(xt, wino.transform_weight(weight), geo["pads"], geo["out_hw"], bias)
+        wt = wino.transform_weight(weight)
+        # Kept for the input gradient, which needs the same transform (see winograd_conv).
+        geo["winograd_weight"] = wt
+        return wino.winograd_conv(xt, wt, geo["pads"], geo["out_hw"], bias)
     if groups == 1 and xt.shape[3] <= SMALL_C:
         return small_c_conv(xt, weight, geo, bias)
     if (groups == 1 and geo["kernel"] == (1, 1) and geo["stride"] == (1, 1) and not any(geo["pads"])
@@ -197,8 +200,11 @@ def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: di
         # in / out channels are swapped within each group.
         pads = ((kh - 1) * dh - t, (kh - 1) * dh - b, (kw - 1) * dw - l, (kw - 1) * dw - r)
         if wino.use_winograd((kh, kw), (1, 1), (dh, dw), groups, o, c):
-            flipped = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-            return wino.winograd_conv(g, wino.transform_weight(flipped), pads, (h, w))
+            # The forward's transformed weight serves the flipped, transposed kernel too.
+            wt = geo.get("winograd_weight")
+            if wt is None or wt.shape != (16, c, o):
+                wt = wino.transform_weight(weight)
+            return wino.winograd_conv(g, wt, pads, (h, w), flipped=True)
         # Its (G, kh*kw*Og, Cg) matrix: rows (i, j, og) = weight[og, :, kh-1-i, kw-1-j].
         wmat = np.ascontiguousarray(
             weight.reshape(groups, og, cg, kh, kw).transpose(0, 3, 4, 1, 2)[:, ::-1, ::-1]

@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ._buffers import workspace
 from ._im2col import pad_nhwc
-from ._parallel import parallel_for
+from ._parallel import parallel_for, parallel_matmul
 
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
@@ -54,15 +54,34 @@ def use_winograd_weight_grad(n: int, out_hw, c: int, o: int) -> bool:
     return tiles >= 4 * max(c, o)
 
 
-def _consts(dtype):
+#: Tile positions (a, b) -> (3 - a, 3 - b) for a, b in {0, 3} (rows 1, 2 stay). Why: G J = P G,
+#: where J reverses the 3 kernel taps and P swaps G's first and last rows, so the transform of
+#: a flipped kernel is the transform of the kernel with positions permuted:
+#: G (J w J) G^T = P (G w G^T) P^T.
+_FLIP = np.array([3, 1, 2, 0])
+_PERM = (_FLIP[:, None] * 4 + _FLIP[None, :]).reshape(16)
+
+
+def _consts(dtype, flipped: bool = False):
+    """(input-tile transform, kernel transform, output transform) in ``dtype``.
+
+    ``flipped``: the constants of the convolution with the flipped, in/out-swapped kernel
+    (the input gradient), to be used with the *forward's* transformed weight, transposed:
+    that product at position p needs U[perm(p)]^T, and permuting the input transform's
+    rows and the output transform's columns by the same involution supplies it."""
+    if flipped:
+        return _KB[_PERM].astype(dtype), _KG.astype(dtype), _KA[:, _PERM].astype(dtype)
     return _KB.astype(dtype), _KG.astype(dtype), _KA.astype(dtype)
 
 
 def transform_weight(weight: np.ndarray) -> np.ndarray:
-    """(O, C, 3, 3) -> (16, C, O) GEMM operand (a transposed view of a (16, O, C) array)."""
+    """(O, C, 3, 3) -> (16, C, O) GEMM operand (a transposed view of a (16, O, C) array).
+
+    The same operand serves the input gradient: ``winograd_conv(g, wt, ..., flipped=True)``
+    (no flipped copy of the kernel and no second transform)."""
     o, c = weight.shape[:2]
     _, kg, _ = _consts(weight.dtype)
-    w16 = kg @ weight.reshape(o * c, 9).T                      # (16, O*C)
+    w16 = parallel_matmul(kg, weight.reshape(o * c, 9).T)      # (16, O*C)
     return w16.reshape(16, o, c).transpose(0, 2, 1)
 
 
@@ -73,15 +92,17 @@ def _tiles(xp: np.ndarray, th: int, tw: int, size: int, step: int) -> np.ndarray
     return as_strided(xp, (size, size, n, th, tw, c), (s1, s2, s0, step * s1, step * s2, s3), writeable=False)
 
 
-def _input_tiles(x: np.ndarray, pads, th: int, tw: int, name: str) -> np.ndarray:
-    """Transformed input tiles (16, n*th*tw, C) of an NHWC chunk (workspace memory)."""
+def _input_tiles(x: np.ndarray, pads, th: int, tw: int, name: str, kb: np.ndarray | None = None) -> np.ndarray:
+    """Transformed input tiles (16, n*th*tw, C) of an NHWC chunk (workspace memory);
+    ``kb``: the input transform (default: the forward one)."""
     n, h, w, c = x.shape
     t, b, l, r = pads
     # Rows / columns up to 2*th + 2 (one more zero row / column when the output is odd).
     extra_h = 2 * th + 2 - (h + t + b)
     extra_w = 2 * tw + 2 - (w + l + r)
     xp = pad_nhwc(x, (t, b + extra_h, l, r + extra_w), "wino_pad")
-    kb, _, _ = _consts(x.dtype)
+    if kb is None:
+        kb, _, _ = _consts(x.dtype)
     d = workspace.get("wino_d", (16, n * th * tw * c), x.dtype)
     np.copyto(d.reshape(4, 4, n, th, tw, c), _tiles(xp, th, tw, 4, 2))
     v = workspace.get(name, (16, n * th * tw, c), x.dtype)
@@ -89,13 +110,20 @@ def _input_tiles(x: np.ndarray, pads, th: int, tw: int, name: str) -> np.ndarray
     return v
 
 
-def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None) -> np.ndarray:
-    """NHWC input (N, H, W, C), transformed weight (16, C, O) -> NHWC output (N, Ho, Wo, O)."""
+def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None, flipped: bool = False) -> np.ndarray:
+    """NHWC input (N, H, W, C), transformed weight (16, C, O) -> NHWC output (N, Ho, Wo, O).
+
+    ``flipped=True``: convolve with the flipped kernel whose in / out channels are swapped
+    (the input gradient of the forward convolution that ``wt`` belongs to), given the
+    forward's transformed weight ``wt`` (16, O, C) as it is: input (N, H, W, O) -> output
+    (N, Ho, Wo, C)."""
+    if flipped:
+        wt = wt.transpose(0, 2, 1)
     n, h, w, c = xt.shape
     o = wt.shape[2]
     ho, wo = out_hw
     th, tw = -(-ho // 2), -(-wo // 2)
-    _, _, ka = _consts(xt.dtype)
+    kb, _, ka = _consts(xt.dtype, flipped)
     out = np.empty((n, ho, wo, o), dtype=xt.dtype)
     per_sample = 16 * th * tw * max(c, o) * xt.itemsize
     step = max(1, CHUNK_BYTES // per_sample, -(-MIN_CHUNK_TILES // (th * tw)))
@@ -104,7 +132,7 @@ def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None) -> np
         for n0 in range(start, stop, step):
             n1 = min(stop, n0 + step)
             t = (n1 - n0) * th * tw
-            v = _input_tiles(xt[n0:n1], pads, th, tw, "wino_v")
+            v = _input_tiles(xt[n0:n1], pads, th, tw, "wino_v", kb)
             # Scratch reuse: the raw tiles are dead once transformed, the transformed tiles
             # once multiplied (memory: the buffers exist per thread).
             m = workspace.get("wino_d", (16, t, o), xt.dtype)
