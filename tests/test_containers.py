@@ -327,3 +327,68 @@ def test_concat_keeps_channels_last_memory_of_its_branches():
     np.testing.assert_array_equal(y, np.concatenate([channels_last, np.tanh(channels_last)], axis=1))
     g = _x((2, 6, 4, 5), 1)
     np.testing.assert_allclose(cat.backward(g), g[:, :3] + g[:, 3:] * (1 - np.tanh(channels_last) ** 2))
+
+
+# ---------------------------------------------------------------------- in-place activations
+def _relu_chain():
+    from cnnkit.nn import BatchNorm2d, Conv2d, Flatten, MaxPool2d
+    return Sequential(Conv2d(2, 3, 3, padding=1), ReLU(), MaxPool2d(2), ReLU(), BatchNorm2d(3), ReLU(),
+                      Flatten(), Linear(12, 5), ReLU(), Linear(5, 2))
+
+
+def test_relu_after_a_fresh_output_works_in_place_and_gradients_stay_exact():
+    cnnkit.manual_seed(0)
+    model = _relu_chain().double()
+    x = _x((3, 2, 4, 4))
+    x_copy = x.copy()
+    assert gradcheck(model, x)
+    out = model(x)
+    np.testing.assert_array_equal(x, x_copy)           # the caller's input is never touched
+    # In place: each ReLU keeps its own output (float) as the mask, not a new bool array.
+    for i in (1, 3, 5, 8):
+        assert model[i]._cache.dtype == np.float64
+    assert out.shape == (3, 2)
+
+
+def test_in_place_relu_matches_the_copying_relu():
+    cnnkit.manual_seed(0)
+    model = _relu_chain()
+    x = _x((4, 2, 4, 4)).astype(np.float32)
+    out = model(x)
+    g = _x(out.shape, 1).astype(np.float32)
+    gx = model.backward(g)
+    grads = [p.grad.copy() for p in model.parameters()]
+    # The same layers called one by one (no Sequential): every ReLU copies.
+    model.zero_grad()
+    y = x
+    for m in model:
+        y = m(y)
+    for m in model[1]._cache, model[3]._cache:
+        assert m.dtype == bool
+    np.testing.assert_allclose(y, out, rtol=1e-6, atol=1e-6)
+    h = g
+    for m in reversed(list(model)):
+        h = m.backward(h)
+    np.testing.assert_allclose(h, gx, rtol=1e-6, atol=1e-6)
+    for p, ref in zip(model.parameters(), grads):
+        np.testing.assert_allclose(p.grad, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_hooked_output_is_not_overwritten():
+    from cnnkit.nn import Conv2d
+    model = Sequential(Conv2d(1, 2, 3), ReLU())
+    seen = []
+    model[0].register_forward_hook(lambda m, inp, out: seen.append(out))
+    out = model(_x((2, 1, 5, 5)).astype(np.float32))
+    assert (seen[0] < 0).any()                         # the conv's output kept its negatives
+    np.testing.assert_array_equal(out, np.maximum(seen[0], 0))
+    assert model[1]._cache.dtype == bool
+
+
+def test_caller_gradient_is_not_overwritten_by_an_in_place_relu():
+    model = Sequential(Linear(3, 4), ReLU())
+    model(_x((2, 3)).astype(np.float32))
+    g = _x((2, 4), 1).astype(np.float32)
+    g_copy = g.copy()
+    model.backward(g)                                   # writeable, but the caller's
+    np.testing.assert_array_equal(g, g_copy)

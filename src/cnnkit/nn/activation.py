@@ -56,21 +56,41 @@ class _Activation(Module):
         return self._grad(grad_out, cache)
 
 
+def _in_place(layer: Module, x: np.ndarray) -> bool:
+    """Whether ``x`` is scratch the layer may overwrite (see ``Sequential``: the previous
+    layer's fresh output or the next layer's fresh input gradient, seen by nobody else)."""
+    return layer.__dict__.get("_input_is_scratch", False) and x.flags.writeable
+
+
 class ReLU(_Activation):
     """max(x, 0).
 
     Args:
-        inplace: accepted for PyTorch compatibility and ignored (a new array is returned).
+        inplace: accepted for PyTorch compatibility and ignored: the caller's array is never
+            modified. Inside a ``Sequential``, a ReLU after a layer whose output nobody else
+            sees (Conv2d, Linear, BatchNorm, pooling) works in place on it automatically, and
+            so does its backward on the next layer's fresh gradient: no new array, one pass.
 
     Shape:
         any -> same.
     """
+
+    overwrites_scratch = True
 
     def __init__(self, inplace: bool = False):
         super().__init__()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = _as_float(self, x)
+        if _in_place(self, x):
+            def clip(start, stop):
+                part = slice(start, stop) if x.ndim else ()
+                np.maximum(x[part], 0, out=x[part])
+
+            _split_rows(x, clip)
+            # The output is the gradient's mask too (out > 0 where x > 0): keep it instead.
+            self._cache = x if is_grad_enabled() else None
+            return x
         # Inside no_grad() the cache is dropped right after forward: do not build the mask.
         mask = np.empty_like(x, dtype=bool) if is_grad_enabled() else None
         out = np.empty_like(x)  # same memory layout as x (e.g. NHWC under an NCHW view)
@@ -85,15 +105,17 @@ class ReLU(_Activation):
         self._cache = mask
         return out
 
-    def _grad(self, grad_out, mask):
+    def _grad(self, grad_out, cache):
         grad_out = np.asarray(grad_out)
-        if grad_out.shape != mask.shape:
-            return grad_out * mask
-        gx = np.empty_like(grad_out, dtype=np.result_type(grad_out, mask))
+        # cache: a bool mask, or the (in-place) output, whose positive entries are the mask.
+        if grad_out.shape != cache.shape:
+            return grad_out * (cache if cache.dtype == bool else cache > 0)
+        gx = grad_out if _in_place(self, grad_out) else np.empty_like(grad_out)
 
         def run(start, stop):
             part = slice(start, stop) if gx.ndim else ()
-            np.multiply(grad_out[part], mask[part], out=gx[part])
+            mask = cache[part] if cache.dtype == bool else cache[part] > 0
+            np.multiply(grad_out[part], mask, out=gx[part])
 
         _split_rows(gx, run)
         return gx

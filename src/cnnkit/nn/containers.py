@@ -46,6 +46,31 @@ def _backward_child(module: Module, grad: np.ndarray, need_input_grad: bool) -> 
     return None
 
 
+class _scratch:
+    """Tell ``module`` (for the length of one call) that the array it receives is scratch it
+    may overwrite, when it is an activation that can work in place and nothing observes
+    its input (no forward hook)."""
+
+    def __init__(self, module: Module, is_scratch: bool):
+        self.module = module if is_scratch and module.overwrites_scratch and not module._forward_hooks else None
+
+    def __enter__(self):
+        if self.module is not None:
+            self.module.__dict__["_input_is_scratch"] = True
+
+    def __exit__(self, *exc):
+        if self.module is not None:
+            self.module.__dict__["_input_is_scratch"] = False
+
+
+def _is_private(module: Module, declared_fresh: bool, result, arg) -> bool:
+    """Whether ``result`` of ``module`` (called on ``arg``) is an array no one else holds:
+    the layer says so, no hook saw it, and it shares no memory with the argument (guards
+    against pass-through fast paths)."""
+    return (declared_fresh and not module._forward_hooks and isinstance(result, np.ndarray)
+            and result.flags.writeable and not np.may_share_memory(result, arg))
+
+
 def _check_module(owner: str, m, where: str) -> Module:
     if not isinstance(m, Module):
         raise TypeError(f"{owner}: {where} must be a cnnkit.nn.Module, got {type(m).__name__}")
@@ -141,16 +166,20 @@ class Sequential(_Container):
 
     # ------------------------------------------------------------------ running
     def forward(self, x: np.ndarray) -> np.ndarray:
+        x_is_scratch = False  # x is the previous child's fresh output, seen by nobody else
         for name, m in self._modules.items():
             if m is None:
                 continue
+            inp = x
             try:
-                x = m(x)
+                with _scratch(m, x_is_scratch):
+                    x = m(x)
             except (ValueError, TypeError) as exc:
                 # The layer's own message says what was wrong; the note says where it sits.
                 if hasattr(exc, "add_note"):
                     exc.add_note(f"  in Sequential layer {name!r} ({type(m).__name__})")
                 raise
+            x_is_scratch = _is_private(m, m.returns_fresh_output, x, inp)
         return x
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
@@ -162,9 +191,13 @@ class Sequential(_Container):
             while start < len(children) and not _has_trainable(children[start]):
                 start += 1
         g = grad_out
+        g_is_scratch = False  # g is the next child's fresh input gradient
         for i in range(len(children) - 1, start - 1, -1):
             child_needs = need or i > start
-            g = _backward_child(children[i], g, child_needs)
+            g_in = g
+            with _scratch(children[i], g_is_scratch):
+                g = _backward_child(children[i], g, child_needs)
+            g_is_scratch = _is_private(children[i], children[i].returns_fresh_input_grad, g, g_in)
             if child_needs and g is None and i > 0:
                 raise RuntimeError(
                     f"Sequential: layer {list(self._modules)[i]} ({type(children[i]).__name__}) returned "

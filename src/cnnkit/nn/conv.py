@@ -57,6 +57,9 @@ class Conv2d(Module):
         (or None), after adding the parameter gradients into ``weight.grad`` / ``bias.grad``.
     """
 
+    returns_fresh_output = True       # see Module: a ReLU after it may work in place
+    returns_fresh_input_grad = True
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, generator: np.random.Generator | None = None):
         super().__init__()

@@ -52,6 +52,9 @@ class Linear(Module):
         is cast once to it, never the other way, so a float32 model stays float32).
     """
 
+    returns_fresh_output = True       # see Module: a ReLU after it may work in place
+    returns_fresh_input_grad = True
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  generator: np.random.Generator | None = None):
         super().__init__()

@@ -136,6 +136,13 @@ class Module:
     """
 
     needs_input_grad: bool = True
+    #: Scratch hand-over between the children of a ``Sequential`` (no copy, no new array):
+    #: ``returns_fresh_output`` / ``returns_fresh_input_grad``: forward's output / backward's
+    #: input gradient is a new array that the layer does not keep, so its consumer may
+    #: overwrite it. ``overwrites_scratch``: the layer (an activation) then works in place.
+    returns_fresh_output: bool = False
+    returns_fresh_input_grad: bool = False
+    overwrites_scratch: bool = False
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())

@@ -47,6 +47,8 @@ class _BatchNorm(Module):
     _valid_ndims: tuple[int, ...] = ()
     _shape_text = ""
 
+    returns_fresh_output = True       # see Module: a ReLU after it may work in place
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True):
         super().__init__()

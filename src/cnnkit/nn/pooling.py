@@ -54,6 +54,9 @@ class MaxPool2d(Module):
         to the first maximal element of each window (as PyTorch).
     """
 
+    returns_fresh_output = True       # see Module: a ReLU after it may work in place
+    returns_fresh_input_grad = True
+
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False):
         super().__init__()
         self.kernel_size, self.stride, self.padding = _pool_args("MaxPool2d", kernel_size, stride, padding)
@@ -97,6 +100,9 @@ class AvgPool2d(Module):
     Returns:
         ``forward(x)`` the pooled array; ``backward(grad_out)`` the gradient for x.
     """
+
+    returns_fresh_output = True       # see Module: a ReLU after it may work in place
+    returns_fresh_input_grad = True
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                  count_include_pad: bool = True):
