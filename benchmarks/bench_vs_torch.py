@@ -4,7 +4,8 @@
     python benchmarks/bench_vs_torch.py --models lenet --batch-sizes 64 --rounds 9
 
 Training images/s: forward, CrossEntropy loss, backward, SGD (momentum 0.9) step.
-Inference images/s: eval mode, forward only (torch under ``torch.inference_mode()``).
+Inference images/s: eval mode, forward only (cnnkit under ``cnnkit.no_grad()``, torch under
+``torch.inference_mode()``).
 Each round times a few steps of one library, pauses, then the other (the order alternates
 between rounds); the table shows the medians over rounds and the ratio cnnkit / PyTorch
 (> 1: cnnkit is faster). Both libraries use ``--threads`` threads (PyTorch intra-op; cnnkit's
@@ -35,7 +36,12 @@ def cnnkit_steps(name, n, mode, seed=0):
     x, y = R.batch(name, n)
     if mode == "infer":
         model.eval()
-        return model, lambda: model(x)
+
+        def infer():
+            with cnnkit.no_grad():  # the counterpart of torch.inference_mode()
+                model(x)
+
+        return model, infer
     loss_fn = nn.CrossEntropyLoss()
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
