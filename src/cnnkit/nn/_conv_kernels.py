@@ -25,7 +25,7 @@ import numpy as np
 
 from ._buffers import batch_chunks, workspace
 from ._im2col import col2im, im2col, tap_windows
-from ._small_channel_conv import small_c_conv, small_c_weight_grad
+from ._small_channel_conv import small_c_block, small_c_conv, small_c_weight_grad
 from ._parallel import parallel_for
 from . import _winograd as wino
 
@@ -76,8 +76,8 @@ def gemm_conv_forward(xt: np.ndarray, weight: np.ndarray, groups: int, geo: dict
         # Kept for the input gradient, which needs the same transform (see winograd_conv).
         geo["winograd_weight"] = wt
         return wino.winograd_conv(xt, wt, geo["pads"], geo["out_hw"], bias)
-    if groups == 1 and xt.shape[3] <= SMALL_C:
-        return small_c_conv(xt, weight, geo, bias)
+    if groups == 1 and (block := small_c_block(xt.shape[3], weight.shape[0], geo["out_hw"][1], SMALL_C)):
+        return small_c_conv(xt, weight, geo, bias, block)
     if (groups == 1 and geo["kernel"] == (1, 1) and geo["stride"] == (1, 1) and not any(geo["pads"])
             and xt.flags.c_contiguous):
         return _pointwise_conv(xt, weight, bias)
@@ -144,8 +144,8 @@ def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: i
         gw = wino.winograd_weight_grad(g, xt, geo["pads"])
         gb = column_sums(g.reshape(-1, o)) if need_bias_grad else None
         return gw, gb
-    if need_weight_grad and groups == 1 and cg <= SMALL_C:
-        gw = small_c_weight_grad(g, xt, weight_shape, geo)
+    if need_weight_grad and groups == 1 and (block := small_c_block(cg, o, wo, SMALL_C)):
+        gw = small_c_weight_grad(g, xt, weight_shape, geo, block)
         gb = column_sums(g.reshape(-1, o)) if need_bias_grad else None
         return gw, gb
     per_sample = groups * ho * wo * k * xt.itemsize

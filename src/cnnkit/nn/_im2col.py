@@ -182,11 +182,21 @@ def im2col_channels_first(x: np.ndarray, kernel, stride, dilation, pads, out_hw,
     cols = np.empty(shape, dtype=x.dtype) if out is None else out
     t, b, l, r = pads
     if t or b or l or r or x.strides[3] != x.itemsize:
-        xp = workspace.get("im2col_pad_cf", (n, c, h + t + b, w + l + r), x.dtype)
-        xp.fill(0)
-        xp[:, :, max(t, 0): max(t, 0) + h - max(-t, 0) - max(-b, 0),
-           max(l, 0): max(l, 0) + w - max(-l, 0) - max(-r, 0)] = \
-            x[:, :, max(-t, 0): h - max(-b, 0), max(-l, 0): w - max(-r, 0)]
+        # Padded copy, channels first; only the border strips are zeroed (a fill of the
+        # whole scratch would write it twice).
+        src = x[:, :, max(-t, 0): h - max(-b, 0), max(-l, 0): w - max(-r, 0)]
+        t, b, l, r = max(t, 0), max(b, 0), max(l, 0), max(r, 0)
+        hp, wp = t + src.shape[2] + b, l + src.shape[3] + r
+        xp = workspace.get("im2col_pad_cf", (n, c, hp, wp), x.dtype)
+        if t:
+            xp[:, :, :t] = 0
+        if b:
+            xp[:, :, hp - b:] = 0
+        if l:
+            xp[:, :, t: hp - b, :l] = 0
+        if r:
+            xp[:, :, t: hp - b, wp - r:] = 0
+        xp[:, :, t: hp - b, l: wp - r] = src
     else:
         xp = x
     s0, s1, s2, s3 = xp.strides

@@ -1,13 +1,29 @@
-"""Convolutions of inputs with very few channels (a network's first layer: 1 or 3).
+"""Convolutions with few input and output channels (a network's first layers).
 
-Why a path of its own: with channels last and C = 1, every run that im2col copies is a
-single value. Channels-first columns (K, M) copy whole image rows instead, and the GEMM
-reads them transposed. Used by ``_conv_kernels`` when C <= ``SMALL_C`` and groups == 1.
+Why a path of its own: with C = 1 and O = 10, plain im2col gives a GEMM (N*Ho*Wo, kh*kw)
+@ (kh*kw, O) whose K and N are both tiny; OpenBLAS then runs far below its peak (the
+columns are streamed for 10 outputs each) and channels-last columns copy runs of 1 value.
+
+Row blocks: here every GEMM row covers P neighbouring output pixels of one image row
+(P divides Wo). Its columns are the input patch under all P receptive fields,
+kh x J pixels with J = (P-1)*sw + (kw-1)*dw + 1, and the weight becomes a banded
+(kh*J*C, P*O) matrix (zeros where a tap falls outside pixel p's window). The product
+(N*Ho*Wo/P, P*O) is then already the NHWC output (row (n, y, block), columns (p, o)),
+no transpose needed. Costs J/kw times the multiply-adds of plain im2col, but the GEMM
+is P times wider and the columns are ~kw*P/J times smaller (runs of J*C values instead
+of kw*C). Measured, 1 thread, batch 32: LeNet conv1 (1->10, 5x5) 0.82 -> 0.27 ms with
+P = 4; LeNet conv2 (10->20, 5x5, 8x8 out) 0.37 -> 0.28 ms with P = 2.
+
+Used by ``_conv_kernels`` (groups == 1) when ``use_small_c`` says so: few input channels
+(C <= ``SMALL_C``, where channels-last columns copy runs of 1-3 values) or a block
+width P > 1 (few output channels). The weight gradient is the same GEMM transposed:
+(K', M') @ (M', P*O), then the P diagonal bands of the (K', P*O) result are summed.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from ._buffers import batch_chunks, workspace
 from ._im2col import im2col_channels_first, nchw
@@ -16,9 +32,191 @@ from ._parallel import parallel_for
 
 #: Target size of one chunk's column matrix.
 CHUNK_BYTES = 8 << 20
+#: Row blocks have P <= MAX_BLOCK output pixels (the extra multiply-adds grow with P: J / kw) ...
+MAX_BLOCK = 8
+#: ... and the GEMM's N = P * O is at most this for inputs with many channels (the
+#: alternative is channels-last im2col; measured on 10->20 5x5 and 16->16 5x5: P = 2 best) ...
+BLOCK_N = 40
+#: ... or this for few channels, where they must also give P >= MIN_FEW_BLOCK: the
+#: channels-first columns are hard to beat unless O is tiny (measured, batch 32, 1 thread:
+#: 1->10 5x5: 0.51 -> 0.31 ms with P = 8; 1->20 3x3 and 1->16 5x5: P = 2 .. 4 slower).
+FEW_BLOCK_N = 80
+MIN_FEW_BLOCK = 5
 
 
-def small_c_conv(xt, weight, geo, bias=None) -> np.ndarray:
+def _largest_block(wo: int, o: int, limit: int) -> int:
+    """The largest divisor P of Wo with P <= MAX_BLOCK and P * O <= limit (at least 1)."""
+    best = 1
+    for p in range(2, min(MAX_BLOCK, wo) + 1):
+        if wo % p == 0 and p * o <= limit:
+            best = p
+    return best
+
+
+def small_c_block(c: int, o: int, wo: int, small_c: int):
+    """How ``small_c_conv`` would run a groups == 1 convolution with C input and O output
+    channels, Wo output columns: None = not at all (use channels-last im2col), 1 =
+    channels-first columns (C <= small_c), P >= 2 = row blocks of P pixels."""
+    if c <= small_c:
+        p = _largest_block(wo, o, FEW_BLOCK_N)
+        return p if p >= MIN_FEW_BLOCK else 1
+    p = _largest_block(wo, o, BLOCK_N)
+    return p if p >= 2 else None
+
+
+def _plan(xt: np.ndarray, weight_shape, geo: dict, p: int):
+    """(J, channels_first) of a row-block convolution. ``channels_first``: order the
+    columns (C, kh, J) when the input's width axis is the contiguous one (an NCHW batch
+    straight from the data), so that the copied runs are J pixels of one channel; else
+    (kh, J, C)."""
+    o, c, kh, kw = weight_shape
+    j = (p - 1) * geo["stride"][1] + (kw - 1) * geo["dilation"][1] + 1
+    channels_first = c > 1 and abs(xt.strides[2]) < abs(xt.strides[3])
+    return j, channels_first
+
+
+def _block_weight(weight: np.ndarray, p: int, j: int, channels_first: bool, geo: dict) -> np.ndarray:
+    """The banded (K', P*O) GEMM operand: row (i, jj, c) (or (c, i, jj)), column (q, o)
+    holds weight[o, c, i, t] where jj = q*sw + t*dw, and 0 elsewhere."""
+    o, c, kh, kw = weight.shape
+    sw, dw = geo["stride"][1], geo["dilation"][1]
+    span = (kw - 1) * dw + 1
+    if channels_first:
+        wb = np.zeros((c, kh, j, p, o), dtype=weight.dtype)
+        taps = weight.transpose(1, 2, 3, 0)                              # (C, kh, kw, O)
+        for q in range(p):
+            wb[:, :, q * sw: q * sw + span: dw, q] = taps
+    else:
+        wb = np.zeros((kh, j, c, p, o), dtype=weight.dtype)
+        taps = weight.transpose(2, 3, 1, 0)                              # (kh, kw, C, O)
+        for q in range(p):
+            wb[:, q * sw: q * sw + span: dw, :, q] = taps
+    return wb.reshape(-1, p * o)
+
+
+def _fold_block_grad(acc: np.ndarray, weight_shape, p: int, j: int, channels_first: bool,
+                     geo: dict) -> np.ndarray:
+    """Adjoint of ``_block_weight``: sum the P bands of a (K', P*O) gradient into (O, C, kh, kw)."""
+    o, c, kh, kw = weight_shape
+    sw, dw = geo["stride"][1], geo["dilation"][1]
+    span = (kw - 1) * dw + 1
+    if channels_first:
+        a = acc.reshape(c, kh, j, p, o)
+        gw = a[:, :, 0: span: dw, 0].copy()
+        for q in range(1, p):
+            gw += a[:, :, q * sw: q * sw + span: dw, q]
+        return np.ascontiguousarray(gw.transpose(3, 0, 1, 2))
+    a = acc.reshape(kh, j, c, p, o)
+    gw = a[:, 0: span: dw, :, 0].copy()
+    for q in range(1, p):
+        gw += a[:, q * sw: q * sw + span: dw, :, q]
+    return np.ascontiguousarray(gw.transpose(3, 2, 0, 1))
+
+
+def _padded(x: np.ndarray, pads, channels_first: bool) -> np.ndarray:
+    """NHWC view of the zero-padded batch chunk ``x`` (NHWC view, any strides), or ``x``
+    itself when there is no padding. The scratch keeps the layout the columns read
+    (channels first or last); only its border strips are zeroed."""
+    t, b, l, r = pads
+    if not (t or b or l or r):
+        return x
+    n, h, w, c = x.shape
+    src = x[:, max(-t, 0): h - max(-b, 0), max(-l, 0): w - max(-r, 0)]
+    t, b, l, r = max(t, 0), max(b, 0), max(l, 0), max(r, 0)
+    hp, wp = t + src.shape[1] + b, l + src.shape[2] + r
+    if channels_first:
+        out = workspace.get("small_c_pad", (n, c, hp, wp), x.dtype).transpose(0, 2, 3, 1)
+    else:
+        out = workspace.get("small_c_pad", (n, hp, wp, c), x.dtype)
+    if t:
+        out[:, :t] = 0
+    if b:
+        out[:, hp - b:] = 0
+    if l:
+        out[:, t: hp - b, :l] = 0
+    if r:
+        out[:, t: hp - b, wp - r:] = 0
+    out[:, t: hp - b, l: wp - r] = src
+    return out
+
+
+def block_columns(x: np.ndarray, geo: dict, p: int, j: int, channels_first: bool) -> np.ndarray:
+    """Row-block columns of an NHWC batch chunk ``x`` (any strides): a scratch array
+    (N*Ho*Wo/P, K') whose row (n, y, b) holds the input patch read by output pixels
+    (n, y, b*P .. b*P + P-1), ordered (kh, J, C), or (C, kh, J) if ``channels_first``."""
+    n, c = x.shape[0], x.shape[3]
+    (kh, _), (sh, sw), (dh, _) = geo["kernel"], geo["stride"], geo["dilation"]
+    ho, wo = geo["out_hw"]
+    xp = _padded(x, geo["pads"], channels_first)
+    s0, s1, s2, s3 = xp.strides
+    if channels_first:
+        shape, strides = (n, ho, wo // p, c, kh, j), (s0, s1 * sh, s2 * sw * p, s3, s1 * dh, s2)
+    else:
+        shape, strides = (n, ho, wo // p, kh, j, c), (s0, s1 * sh, s2 * sw * p, s1 * dh, s2, s3)
+    cols = workspace.get("conv_cols", shape, x.dtype)
+    np.copyto(cols, as_strided(xp, shape, strides, writeable=False))
+    return cols.reshape(n * ho * (wo // p), -1)
+
+
+def small_c_conv(xt, weight, geo, bias=None, block: int = 1) -> np.ndarray:
+    """NHWC input (N, H, W, C) -> fresh NHWC output (N, Ho, Wo, O); ``block`` from
+    ``small_c_block``: 1 = channels-first columns, P >= 2 = row blocks of P pixels."""
+    if block == 1:
+        return _cf_conv(xt, weight, geo, bias)
+    n = xt.shape[0]
+    o = weight.shape[0]
+    ho, wo = geo["out_hw"]
+    p = block
+    j, cf = _plan(xt, weight.shape, geo, p)
+    wb = _block_weight(weight, p, j, cf, geo)                              # (K', P*O)
+    brow = None if bias is None else np.tile(bias, p)
+    out = np.empty((n, ho, wo, o), dtype=xt.dtype)
+    per_sample = ho * (wo // p) * wb.shape[0] * xt.itemsize
+
+    def run(start, stop):
+        for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
+            cols = block_columns(xt[n0:n1], geo, p, j, cf)
+            dst = out[n0:n1].reshape(cols.shape[0], p * o)
+            np.matmul(cols, wb, out=dst)
+            if brow is not None:
+                dst += brow
+
+    parallel_for(n, run, n * per_sample)
+    return out
+
+
+def small_c_weight_grad(g, xt, weight_shape, geo, block: int = 1) -> np.ndarray:
+    """d loss / d weight (O, C, kh, kw) from the C-contiguous NHWC upstream gradient g;
+    ``block`` as for ``small_c_conv``."""
+    if block == 1:
+        return _cf_weight_grad(g, xt, weight_shape, geo)
+    n = xt.shape[0]
+    o = weight_shape[0]
+    ho, wo = geo["out_hw"]
+    p = block
+    j, cf = _plan(xt, weight_shape, geo, p)
+    per_sample = ho * (wo // p) * weight_shape[1] * weight_shape[2] * j * xt.itemsize
+
+    def run(start, stop):
+        acc = None
+        for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
+            cols = block_columns(xt[n0:n1], geo, p, j, cf)
+            part = cols.T @ g[n0:n1].reshape(cols.shape[0], p * o)        # (K', P*O)
+            if acc is None:
+                acc = part
+            else:
+                acc += part
+        return acc
+
+    parts = parallel_for(n, run, n * per_sample)
+    acc = parts[0]
+    for part in parts[1:]:
+        acc += part
+    return _fold_block_grad(acc, weight_shape, p, j, cf, geo)
+
+
+# ------------------------------------------------------------------ channels-first columns
+def _cf_conv(xt, weight, geo, bias=None) -> np.ndarray:
     """Forward with channels-first columns (K, M): few input channels (first layers)."""
     n = xt.shape[0]
     o, c, kh, kw = weight.shape
@@ -43,7 +241,7 @@ def small_c_conv(xt, weight, geo, bias=None) -> np.ndarray:
     return out
 
 
-def small_c_weight_grad(g, xt, weight_shape, geo) -> np.ndarray:
+def _cf_weight_grad(g, xt, weight_shape, geo) -> np.ndarray:
     n = xt.shape[0]
     o, c, kh, kw = weight_shape
     ho, wo = geo["out_hw"]
