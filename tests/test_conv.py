@@ -29,15 +29,22 @@ CONFIGS = [
 IDS = [c[0] for c in CONFIGS]
 
 
-@pytest.fixture(params=["default", "channels_last_im2col", "winograd"])
+@pytest.fixture(params=["default", "channels_last_im2col", "winograd", "row_blocks"])
 def algorithm(request, monkeypatch):
     """Run a test with the default kernels, then with the channels-last im2col forced for
-    few-channel inputs too (by default they take channels-first columns), then with
-    Winograd forced on every 3x3 stride-1 convolution (by default it needs many channels,
-    too big for gradient checks)."""
+    few-channel inputs too (by default they take channels-first columns or row blocks),
+    then with Winograd forced on every 3x3 stride-1 convolution (by default it needs many
+    channels, too big for gradient checks), then with row blocks (``_small_channel_conv``)
+    on every groups == 1 convolution whose Wo has a divisor > 1."""
     if request.param == "channels_last_im2col":
-        from cnnkit.nn import _conv_kernels
+        from cnnkit.nn import _conv_kernels, _small_channel_conv
         monkeypatch.setattr(_conv_kernels, "SMALL_C", 0)
+        monkeypatch.setattr(_small_channel_conv, "MAX_BLOCK", 1)
+    if request.param == "row_blocks":
+        from cnnkit.nn import _small_channel_conv
+        monkeypatch.setattr(_small_channel_conv, "BLOCK_N", 1 << 30)
+        monkeypatch.setattr(_small_channel_conv, "FEW_BLOCK_N", 1 << 30)
+        monkeypatch.setattr(_small_channel_conv, "MIN_FEW_BLOCK", 2)
     if request.param == "winograd":
         from cnnkit.nn import _winograd
         monkeypatch.setattr(_winograd, "MIN_CHANNEL_PRODUCT", 1)
@@ -298,3 +305,60 @@ def test_zeropad2d_errors():
         ZeroPad2d((1, 2))
     with pytest.raises(ValueError, match="4-D"):
         ZeroPad2d(1)(np.zeros((2, 3), np.float32))
+
+
+# First layers of the reference nets (and neighbours) that take the small-channel kernels:
+# (C, O, k, padding, H, input layout). NCHW = a batch from the data, NHWC = an activation.
+SMALL_C_LAYERS = [
+    (1, 10, 5, 0, 28, "nchw"),    # LeNet conv1: row blocks, P = 8
+    (10, 20, 5, 0, 12, "nhwc"),   # LeNet conv2: row blocks, P = 2
+    (1, 20, 3, 0, 28, "nchw"),    # seed-000 conv1: channels-first columns
+    (1, 32, 3, 1, 28, "nchw"),    # conv4 conv1: channels-first columns, padded
+    (3, 64, 3, 1, 32, "nchw"),    # VGG conv1
+    (3, 10, 5, 2, 16, "nchw"),    # row blocks, channels-first order, padded
+    (3, 8, 3, 1, 16, "nhwc"),     # row blocks, channels-last order, padded
+]
+
+
+@pytest.mark.parametrize("c,o,k,pad,h,layout", SMALL_C_LAYERS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_small_channel_layers_parity_with_torch_float32(c, o, k, pad, h, layout, threads, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from cnnkit.nn import _parallel, functional as F
+    if threads > 1:
+        if _parallel._blas is None:
+            pytest.skip("NumPy's OpenBLAS not found: the kernels run serially")
+        monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
+    rng = np.random.default_rng(7)
+    shape = (5, c, h, h) if layout == "nchw" else (5, h, h, c)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x = x if layout == "nchw" else x.transpose(0, 3, 1, 2)
+    w = (rng.standard_normal((o, c, k, k)) / k).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    try:
+        F.set_num_threads(threads)
+        out, cache = F.conv2d_forward(x, w, b, 1, pad)
+        g = rng.standard_normal(out.shape).astype(np.float32)
+        _, gw, gb = F.conv2d_backward(g, cache, w, need_input_grad=False)
+        _, gw2, gb2 = F.conv2d_backward(g, cache, w, need_input_grad=False, need_bias_grad=False)
+    finally:
+        F.set_num_threads(1)
+    xt, wt, bt = (torch.from_numpy(np.ascontiguousarray(a)).requires_grad_() for a in (x, w, b))
+    ot = torch.nn.functional.conv2d(xt, wt, bt, 1, pad)
+    ot.backward(torch.from_numpy(g))
+    assert out.dtype == gw.dtype == gb.dtype == np.float32 and gb2 is None
+    np.testing.assert_allclose(out, ot.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gw, wt.grad.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(gw2, gw, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(gb, bt.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_small_channel_routing():
+    from cnnkit.nn._conv_kernels import SMALL_C
+    from cnnkit.nn._small_channel_conv import small_c_block
+    assert small_c_block(1, 10, 24, SMALL_C) == 8       # LeNet conv1
+    assert small_c_block(10, 20, 8, SMALL_C) == 2       # LeNet conv2
+    assert small_c_block(1, 20, 26, SMALL_C) == 1       # channels-first columns
+    assert small_c_block(3, 64, 32, SMALL_C) == 1
+    assert small_c_block(20, 50, 9, SMALL_C) is None    # channels-last im2col
+    assert small_c_block(32, 32, 28, SMALL_C) is None

@@ -145,9 +145,9 @@ def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: i
         gb = column_sums(g.reshape(-1, o)) if need_bias_grad else None
         return gw, gb
     if need_weight_grad and groups == 1 and (block := small_c_block(cg, o, wo, SMALL_C)):
-        gw = small_c_weight_grad(g, xt, weight_shape, geo, block)
-        gb = column_sums(g.reshape(-1, o)) if need_bias_grad else None
-        return gw, gb
+        if need_bias_grad:
+            return small_c_weight_grad(g, xt, weight_shape, geo, block, bias_grad=True)
+        return small_c_weight_grad(g, xt, weight_shape, geo, block), None
     per_sample = groups * ho * wo * k * xt.itemsize
     # Every chunk adds a full (O, K) product into the gradient: for big kernels, big chunks.
     target = max(CHUNK_BYTES, 4 * o * k * xt.itemsize)

@@ -140,10 +140,12 @@ def _padded(x: np.ndarray, pads, channels_first: bool) -> np.ndarray:
     return out
 
 
-def block_columns(x: np.ndarray, geo: dict, p: int, j: int, channels_first: bool) -> np.ndarray:
+def block_columns(x: np.ndarray, geo: dict, p: int, j: int, channels_first: bool,
+                  ones: bool = False) -> np.ndarray:
     """Row-block columns of an NHWC batch chunk ``x`` (any strides): a scratch array
     (N*Ho*Wo/P, K') whose row (n, y, b) holds the input patch read by output pixels
-    (n, y, b*P .. b*P + P-1), ordered (kh, J, C), or (C, kh, J) if ``channels_first``."""
+    (n, y, b*P .. b*P + P-1), ordered (kh, J, C), or (C, kh, J) if ``channels_first``.
+    ``ones``: one more column of ones (K' + 1), for the bias gradient."""
     n, c = x.shape[0], x.shape[3]
     (kh, _), (sh, sw), (dh, _) = geo["kernel"], geo["stride"], geo["dilation"]
     ho, wo = geo["out_hw"]
@@ -153,9 +155,12 @@ def block_columns(x: np.ndarray, geo: dict, p: int, j: int, channels_first: bool
         shape, strides = (n, ho, wo // p, c, kh, j), (s0, s1 * sh, s2 * sw * p, s3, s1 * dh, s2)
     else:
         shape, strides = (n, ho, wo // p, kh, j, c), (s0, s1 * sh, s2 * sw * p, s1 * dh, s2, s3)
-    cols = workspace.get("conv_cols", shape, x.dtype)
-    np.copyto(cols, as_strided(xp, shape, strides, writeable=False))
-    return cols.reshape(n * ho * (wo // p), -1)
+    rows, k = n * ho * (wo // p), c * kh * j
+    cols = workspace.get("conv_cols", (rows, k + ones), x.dtype)
+    np.copyto(cols[:, :k].reshape(shape), as_strided(xp, shape, strides, writeable=False))
+    if ones:
+        cols[:, k] = 1
+    return cols
 
 
 def small_c_conv(xt, weight, geo, bias=None, block: int = 1) -> np.ndarray:
@@ -185,11 +190,17 @@ def small_c_conv(xt, weight, geo, bias=None, block: int = 1) -> np.ndarray:
     return out
 
 
-def small_c_weight_grad(g, xt, weight_shape, geo, block: int = 1) -> np.ndarray:
+def small_c_weight_grad(g, xt, weight_shape, geo, block: int = 1, bias_grad: bool = False):
     """d loss / d weight (O, C, kh, kw) from the C-contiguous NHWC upstream gradient g;
-    ``block`` as for ``small_c_conv``."""
+    ``block`` as for ``small_c_conv``. With ``bias_grad``: (weight grad, bias grad (O,)).
+
+    The bias gradient comes from the same GEMM, as one more row of ones in the columns:
+    g is read once (a separate sum over g costs a pass over it, ~1 ms for VGG's first
+    layer at batch 64, done serially after the threads)."""
     if block == 1:
-        return _cf_weight_grad(g, xt, weight_shape, geo)
+        acc = _cf_weight_grad(g, xt, weight_shape, geo, bias_grad)      # (K (+1), O)
+        gw = np.ascontiguousarray(acc[: acc.shape[0] - bias_grad].T).reshape(weight_shape)
+        return (gw, acc[-1].copy()) if bias_grad else gw
     n = xt.shape[0]
     o = weight_shape[0]
     ho, wo = geo["out_hw"]
@@ -200,8 +211,8 @@ def small_c_weight_grad(g, xt, weight_shape, geo, block: int = 1) -> np.ndarray:
     def run(start, stop):
         acc = None
         for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
-            cols = block_columns(xt[n0:n1], geo, p, j, cf)
-            part = cols.T @ g[n0:n1].reshape(cols.shape[0], p * o)        # (K', P*O)
+            cols = block_columns(xt[n0:n1], geo, p, j, cf, ones=bias_grad)
+            part = cols.T @ g[n0:n1].reshape(cols.shape[0], p * o)        # (K' (+1), P*O)
             if acc is None:
                 acc = part
             else:
@@ -212,7 +223,9 @@ def small_c_weight_grad(g, xt, weight_shape, geo, block: int = 1) -> np.ndarray:
     acc = parts[0]
     for part in parts[1:]:
         acc += part
-    return _fold_block_grad(acc, weight_shape, p, j, cf, geo)
+    k = acc.shape[0] - bias_grad
+    gw = _fold_block_grad(acc[:k], weight_shape, p, j, cf, geo)
+    return (gw, acc[k].reshape(p, o).sum(axis=0)) if bias_grad else gw
 
 
 # ------------------------------------------------------------------ channels-first columns
@@ -241,7 +254,9 @@ def _cf_conv(xt, weight, geo, bias=None) -> np.ndarray:
     return out
 
 
-def _cf_weight_grad(g, xt, weight_shape, geo) -> np.ndarray:
+def _cf_weight_grad(g, xt, weight_shape, geo, ones: bool = False) -> np.ndarray:
+    """(K, O) weight gradient with channels-first columns; (K + 1, O) with ``ones``, the
+    last row then being the bias gradient."""
     n = xt.shape[0]
     o, c, kh, kw = weight_shape
     ho, wo = geo["out_hw"]
@@ -253,9 +268,12 @@ def _cf_weight_grad(g, xt, weight_shape, geo) -> np.ndarray:
         acc = None
         for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
             m = (n1 - n0) * ho * wo
-            cols = workspace.get("conv_cols", (c, kh, kw, n1 - n0, ho, wo), xt.dtype)
-            im2col_channels_first(x[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo), cols)
-            part = cols.reshape(k, m) @ g[n0:n1].reshape(m, o)          # (K, O)
+            cols = workspace.get("conv_cols", (k + ones, m), xt.dtype)
+            im2col_channels_first(x[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo),
+                                  cols[:k].reshape(c, kh, kw, n1 - n0, ho, wo))
+            if ones:
+                cols[k] = 1
+            part = cols @ g[n0:n1].reshape(m, o)                             # (K (+1), O)
             if acc is None:
                 acc = part
             else:
@@ -266,4 +284,4 @@ def _cf_weight_grad(g, xt, weight_shape, geo) -> np.ndarray:
     acc = parts[0]
     for p in parts[1:]:
         acc += p
-    return np.ascontiguousarray(acc.T).reshape(o, c, kh, kw)
+    return acc
