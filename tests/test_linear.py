@@ -161,3 +161,76 @@ def test_identity_passes_through_and_accepts_args():
     ident = Identity(54, unused="x")
     assert ident(x) is x
     assert ident.backward(x) is x
+
+
+# ---------------------------------------------------------------------- threaded GEMMs
+@pytest.fixture(params=[2, 3, 4])
+def force_parallel(request, monkeypatch):
+    """Run Linear's GEMMs on 2, 3 or 4 threads, however small the work."""
+    from cnnkit.nn import _parallel
+    from cnnkit.nn import functional as F
+    if _parallel._blas is None:
+        pytest.skip("NumPy's OpenBLAS not found: the kernels run serially")
+    monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(_parallel, "_num_threads", request.param)  # restored after the test
+    yield request.param
+    F.set_num_threads(1)  # gives NumPy's BLAS its thread count back
+
+
+@pytest.mark.parametrize("needs_input_grad,frozen", [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("shape", [(7, 13), (2, 3, 13)])
+def test_linear_threaded_matches_torch(force_parallel, needs_input_grad, frozen, shape):
+    torch = pytest.importorskip("torch")
+    cnnkit.manual_seed(3)
+    ours = Linear(13, 9)
+    ref = torch.nn.Linear(13, 9)
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    ours.needs_input_grad = needs_input_grad
+    ours.weight.requires_grad = not frozen
+    ref.weight.requires_grad_(not frozen)
+    rng = _rng(3)
+    x = rng.standard_normal(shape).astype(np.float32)
+    g = rng.standard_normal(shape[:-1] + (9,)).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    ref(xt).backward(torch.from_numpy(g))
+    np.testing.assert_allclose(ours(x), ref(xt).detach().numpy(), rtol=RTOL, atol=ATOL)
+    gx = ours.backward(g)
+    if needs_input_grad:
+        assert gx.shape == x.shape and gx.dtype == np.float32
+        np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=RTOL, atol=ATOL)
+    else:
+        assert gx is None
+    if frozen:
+        assert ours.weight.grad is None
+    else:
+        np.testing.assert_allclose(ours.weight.grad, ref.weight.grad.numpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(ours.bias.grad, ref.bias.grad.numpy(), rtol=RTOL, atol=ATOL)
+
+
+def test_linear_threaded_gradcheck(force_parallel):
+    cnnkit.manual_seed(0)
+    assert gradcheck(Linear(6, 5), _rng(2).standard_normal((4, 6)))
+
+
+def test_linear_grads_accumulate_and_are_not_shared_between_steps():
+    """The first backward hands its fresh gradient arrays to the parameters (no copy); a
+    second backward adds into them, and a gradient kept from an earlier step never changes."""
+    layer = Linear(5, 4)
+    rng = _rng(4)
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    g = rng.standard_normal((3, 4)).astype(np.float32)
+    layer(x)
+    layer.backward(g)
+    first_w, first_b = layer.weight.grad, layer.bias.grad
+    kept_w, kept_b = first_w.copy(), first_b.copy()
+    layer(x)
+    layer.backward(g)
+    np.testing.assert_allclose(layer.weight.grad, 2 * kept_w, rtol=1e-6)
+    np.testing.assert_allclose(layer.bias.grad, 2 * kept_b, rtol=1e-6)
+    layer.weight.grad = layer.bias.grad = None   # zero_grad(set_to_none=True)
+    old_w = np.array(first_w)
+    layer(2 * x)
+    layer.backward(g)
+    np.testing.assert_array_equal(first_w, old_w)   # the old step's array was not reused
+    assert layer.weight.grad is not first_w
+    np.testing.assert_allclose(layer.weight.grad, 2 * kept_w, rtol=1e-5)
