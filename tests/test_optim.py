@@ -378,3 +378,31 @@ def test_grad_shape_mismatch_is_reported():
     p.grad = np.ones(4, np.float32)
     with pytest.raises(ValueError, match=r"SGD: gradient shape \(4,\) does not match parameter shape \(3,\)"):
         optim.SGD([p], lr=0.1).step()
+
+
+@pytest.mark.parametrize("cfg", [c for c in CONFIGS if c[0] == "SGD"], ids=_ids)
+def test_sgd_in_chunks_matches_torch(cfg, monkeypatch):
+    """SGD updates each parameter slice by slice (CHUNK_ELEMENTS): with tiny slices (several
+    per parameter, the last one short) and a non-contiguous gradient it still matches PyTorch."""
+    torch = pytest.importorskip("torch")
+    import cnnkit.optim.sgd as sgd_module
+    monkeypatch.setattr(sgd_module, "CHUNK_ELEMENTS", 5)
+    _, kw = cfg
+    params = _make_params()
+    tparams = [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
+    opt = optim.SGD(params, **kw)
+    topt = torch.optim.SGD(tparams, **kw)
+    for t in range(4):
+        for p, tp, g in zip(params, tparams, _grads(t)):
+            p.grad = np.asfortranarray(g) if g.ndim > 1 else g.copy()
+            tp.grad = torch.tensor(g)
+        kept = [p.grad.copy() for p in params]
+        opt.step()
+        topt.step()
+        for p, tp, k in zip(params, tparams, kept):
+            np.testing.assert_array_equal(p.grad, k)   # the gradient is never written
+            np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for i, st in topt.state_dict()["state"].items():
+        if st.get("momentum_buffer") is not None:
+            np.testing.assert_allclose(opt.state_dict()["state"][i]["momentum_buffer"],
+                                       st["momentum_buffer"].numpy(), rtol=1e-5, atol=1e-6)
