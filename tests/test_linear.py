@@ -234,3 +234,50 @@ def test_linear_grads_accumulate_and_are_not_shared_between_steps():
     np.testing.assert_array_equal(first_w, old_w)   # the old step's array was not reused
     assert layer.weight.grad is not first_w
     np.testing.assert_allclose(layer.weight.grad, 2 * kept_w, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------- Flatten of NHWC memory
+@pytest.mark.parametrize("shape", [(3, 5, 2, 2), (2, 4, 1, 3), (4, 7, 1, 1), (2, 6, 3, 3), (2, 1, 2, 2)])
+def test_flatten_nhwc_input_matches_nchw(shape):
+    """An NCHW-shaped view of NHWC memory (cnnkit's conv / pooling outputs) flattens in
+    PyTorch's (C, H, W) order (small maps take the per-pixel copy)."""
+    rng = _rng(5)
+    n, c, h, w = shape
+    x = np.ascontiguousarray(rng.standard_normal(shape).astype(np.float32).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    layer = Flatten()
+    y = layer(x)
+    assert y.flags.c_contiguous and y.dtype == np.float32
+    np.testing.assert_array_equal(y, np.ascontiguousarray(x).reshape(n, -1))
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_array_equal(layer.backward(g), g.reshape(shape))
+    assert gradcheck(Flatten(), x.astype(np.float64))
+
+
+def test_flatten_nhwc_input_threaded(force_parallel):
+    rng = _rng(6)
+    x = np.ascontiguousarray(rng.standard_normal((7, 2, 2, 9))).transpose(0, 3, 1, 2)   # (7, 9, 2, 2)
+    layer = Flatten()
+    y = layer(x)
+    np.testing.assert_array_equal(y, np.ascontiguousarray(x).reshape(7, -1))
+    np.testing.assert_array_equal(layer.backward(y), x)
+
+
+def test_flatten_nhwc_matches_torch_in_a_conv_net():
+    """Conv (NHWC memory) -> MaxPool -> Flatten -> Linear: outputs and every gradient as PyTorch."""
+    torch = pytest.importorskip("torch")
+    from cnnkit.nn import Conv2d, MaxPool2d, Sequential
+    cnnkit.manual_seed(7)
+    ours = Sequential(Conv2d(3, 8, 3, padding=1), MaxPool2d(2), Flatten(), Linear(8 * 2 * 2, 5))
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 2 * 2, 5))
+    ref.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ours.state_dict().items()})
+    rng = _rng(7)
+    x = rng.standard_normal((4, 3, 4, 4)).astype(np.float32)
+    g = rng.standard_normal((4, 5)).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = ref(xt)
+    yt.backward(torch.from_numpy(g))
+    np.testing.assert_allclose(ours(x), yt.detach().numpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(ours.backward(g), xt.grad.numpy(), rtol=RTOL, atol=ATOL)
+    for (name, p), tp in zip(ours.named_parameters(), ref.parameters()):
+        np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=RTOL, atol=1e-4, err_msg=name)
