@@ -281,3 +281,38 @@ def test_flatten_nhwc_matches_torch_in_a_conv_net():
     np.testing.assert_allclose(ours.backward(g), xt.grad.numpy(), rtol=RTOL, atol=ATOL)
     for (name, p), tp in zip(ours.named_parameters(), ref.parameters()):
         np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=RTOL, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("m,k,n,b_layout", [
+    (3, 130, 20, "T"),   # few rows, b a transposed C array (weight.T), long K: the transposed product
+    (3, 5, 20, "T"),     # short K: split of the columns
+    (3, 130, 20, "C"),   # few rows, b C-contiguous: split of the columns
+    (9, 130, 20, "T"),   # not 4x wider than tall: split of the columns
+    (20, 5, 3, "C"),     # more rows than columns: split of the rows
+    (0, 130, 4, "T"),    # empty
+])
+def test_parallel_matmul_all_splits(force_parallel, m, k, n, b_layout):
+    from cnnkit.nn._parallel import parallel_matmul
+    rng = _rng(8)
+    a = rng.standard_normal((m, k))
+    b = rng.standard_normal((n, k)).T if b_layout == "T" else rng.standard_normal((k, n))
+    out = parallel_matmul(a, b)
+    assert out.shape == (m, n) and out.flags.c_contiguous and out.dtype == np.float64
+    np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12)
+    out32 = parallel_matmul(a.astype(np.float32), b.astype(np.float32))
+    assert out32.dtype == np.float32 and out32.flags.c_contiguous
+    np.testing.assert_allclose(out32, a @ b, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_wide_output_matches_torch(force_parallel):
+    """Linear whose output is >= 4x wider than the batch: the forward takes the transposed
+    GEMM (threaded) and must still match PyTorch."""
+    torch = pytest.importorskip("torch")
+    cnnkit.manual_seed(9)
+    ours = Linear(130, 40)
+    ref = torch.nn.Linear(130, 40)
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    x = _rng(9).standard_normal((5, 130)).astype(np.float32)
+    y = ours(x)
+    assert y.flags.c_contiguous and y.dtype == np.float32
+    np.testing.assert_allclose(y, ref(torch.from_numpy(x)).detach().numpy(), rtol=RTOL, atol=ATOL)
