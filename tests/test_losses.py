@@ -223,3 +223,41 @@ def test_scalar_upstream_grad_scales_and_repr():
     with pytest.raises(ValueError, match="grad must be a scalar"):
         loss.backward(np.ones(2))
     assert repr(CrossEntropyLoss(label_smoothing=0.1)) == "CrossEntropyLoss(reduction='mean', label_smoothing=0.1)"
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (3, 5, 2, 2), (5,)], ids=["NC", "NCHW", "unbatched"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+def test_cross_entropy_plain_path_equals_general_path(shape, reduction, ignore_index, monkeypatch):
+    """Unweighted, unsmoothed integer targets take a shorter path (no log-softmax array);
+    it gives the general path's loss and gradient, in float32 and float64. An in-range
+    ignore_index that occurs in the targets falls back to the general path."""
+    rng = np.random.default_rng(11)
+    n_classes = shape[1] if len(shape) > 1 else shape[0]
+    labels_shape = (shape[0],) + shape[2:] if len(shape) > 1 else ()
+    for dtype in (np.float32, np.float64):
+        logits = (rng.standard_normal(shape) * 3).astype(dtype)
+        labels = np.asarray(rng.integers(0, n_classes, labels_shape))
+        labels = np.where(labels == 2, 3, labels)     # no label equals ignore_index 2
+        up = rng.standard_normal(labels_shape).astype(dtype) if reduction == "none" else 0.7
+        plain = CrossEntropyLoss(reduction=reduction, ignore_index=ignore_index)
+        value = plain(logits, labels)
+        grad = plain.backward(up)
+        assert plain._cache[0][0] == "plain"
+        general = CrossEntropyLoss(reduction=reduction, ignore_index=ignore_index)
+        monkeypatch.setattr(general, "_forward_plain", lambda *a: None)
+        ref_value = general(logits, labels)
+        ref_grad = general.backward(up)
+        assert general._cache[0][0] == "index"
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(value, ref_value, **tol)
+        assert grad.dtype == dtype and grad.shape == logits.shape
+        np.testing.assert_allclose(grad, ref_grad, **tol)
+        if reduction == "none":
+            assert value.dtype == dtype and value.shape == labels_shape
+    if ignore_index == 2 and labels_shape:
+        labels = labels.copy()
+        labels.reshape(-1)[0] = 2
+        loss = CrossEntropyLoss(reduction=reduction, ignore_index=2)
+        loss(logits, labels)
+        assert loss._cache[0][0] == "index"
