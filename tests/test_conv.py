@@ -33,6 +33,7 @@ IDS = [c[0] for c in CONFIGS]
 def algorithm(request, monkeypatch):
     """Run a test with the default kernels, then with the channels-last im2col forced for
     few-channel inputs too (by default they take channels-first columns or row blocks),
+    (and input gradients through col2im take the channel-interleaved columns, not tap-major),
     then with Winograd forced on every 3x3 stride-1 convolution (by default it needs many
     channels, too big for gradient checks), then with row blocks (``_small_channel_conv``)
     on every groups == 1 convolution whose Wo has a divisor > 1."""
@@ -40,6 +41,8 @@ def algorithm(request, monkeypatch):
         from cnnkit.nn import _conv_kernels, _small_channel_conv
         monkeypatch.setattr(_conv_kernels, "SMALL_C", 0)
         monkeypatch.setattr(_small_channel_conv, "MAX_BLOCK", 1)
+        # ... and the channel-interleaved col2im for every input gradient that takes col2im.
+        monkeypatch.setattr(_conv_kernels, "TAP_MAJOR_MAX_C", 0)
     if request.param == "row_blocks":
         from cnnkit.nn import _small_channel_conv
         monkeypatch.setattr(_small_channel_conv, "BLOCK_N", 1 << 30)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._buffers import batch_chunks, workspace
-from ._im2col import col2im, im2col, tap_windows
+from ._im2col import col2im, col2im_tap_major, im2col, tap_pairs
 from ._small_channel_conv import small_c_block, small_c_conv, small_c_weight_grad
 from ._parallel import parallel_for
 from . import _winograd as wino
@@ -33,6 +33,8 @@ from . import _winograd as wino
 CHUNK_BYTES = 8 << 20
 #: Inputs with at most this many channels use channels-first columns (first layers).
 SMALL_C = 4
+#: col2im input gradients with at most this many input channels use tap-major columns.
+TAP_MAJOR_MAX_C = 32
 #: Input gradient by transposed convolution when its columns are at most this many
 #: times col2im's (H*W*O vs Ho*Wo*C); col2im's strided adds cost more than a copy.
 GX_TRANSPOSED_FACTOR = 4
@@ -212,9 +214,22 @@ def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: di
         tgeo = dict(kernel=(kh, kw), stride=(1, 1), dilation=(dh, dw), pads=pads, out_hw=(h, w))
         return _gemm_conv(g, wmat, (c, og, kh, kw), groups, tgeo)
     k = kh * kw * cg
-    wk = weight_matrix(weight, groups).transpose(0, 2, 1)                # (G, Og, K)
     gx = np.empty((n, h, w, c), dtype=g.dtype)
     per_sample = groups * ho * wo * k * g.itemsize
+    if groups == 1 and c <= TAP_MAJOR_MAX_C:
+        # Few input channels: columns in tap-major order, a batched GEMM per tap.
+        wt = np.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(kh * kw, o, c)   # (taps, O, C)
+
+        def run_taps(start, stop):
+            for n0, n1 in _chunks(start, stop, per_sample):
+                m = (n1 - n0) * ho * wo
+                tcols = workspace.get("conv_cols", (kh, kw, n1 - n0, ho, wo, c), g.dtype)
+                np.matmul(g[n0:n1].reshape(1, m, o), wt, out=tcols.reshape(kh * kw, m, c))
+                col2im_tap_major(tcols, (h, w), geo["stride"], geo["dilation"], geo["pads"], out=gx[n0:n1])
+
+        parallel_for(n, run_taps, n * per_sample)
+        return gx
+    wk = weight_matrix(weight, groups).transpose(0, 2, 1)                # (G, Og, K)
 
     def run(start, stop):
         for n0, n1 in _chunks(start, stop, per_sample):
@@ -230,15 +245,7 @@ def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: di
 
 # ---------------------------------------------------------------------------------- depthwise
 def _depthwise_taps(geo, h, w):
-    kh, kw = geo["kernel"]
-    hwin = tap_windows(h, geo["out_hw"][0], kh, geo["stride"][0], geo["dilation"][0], geo["pads"][0])
-    wwin = tap_windows(w, geo["out_hw"][1], kw, geo["stride"][1], geo["dilation"][1], geo["pads"][2])
-    for i, hw in enumerate(hwin):
-        if hw is None:
-            continue
-        for j, ww in enumerate(wwin):
-            if ww is not None:
-                yield i, j, (hw[0], ww[0]), (hw[1], ww[1])
+    return tap_pairs((h, w), geo["out_hw"], geo["kernel"], geo["stride"], geo["dilation"], geo["pads"])
 
 
 #: Depthwise kernels work on batch chunks of about this many output bytes (cache-sized).

@@ -206,6 +206,20 @@ def im2col_channels_first(x: np.ndarray, kernel, stride, dilation, pads, out_hw,
     return cols
 
 
+def tap_pairs(in_hw: tuple[int, int], out_hw: tuple[int, int], kernel, stride, dilation, pads):
+    """For every kernel tap (i, j) that reads inside the image: ``(i, j, (out_h, out_w),
+    (in_h, in_w))``, slices of the outputs whose tap (i, j) reads a pixel inside the input
+    and of the input pixels they read (``pads`` is (top, bottom, left, right))."""
+    hwin = tap_windows(in_hw[0], out_hw[0], kernel[0], stride[0], dilation[0], pads[0])
+    wwin = tap_windows(in_hw[1], out_hw[1], kernel[1], stride[1], dilation[1], pads[2])
+    for i, hw in enumerate(hwin):
+        if hw is None:
+            continue
+        for j, ww in enumerate(wwin):
+            if ww is not None:
+                yield i, j, (hw[0], ww[0]), (hw[1], ww[1])
+
+
 def col2im(cols: np.ndarray, in_hw: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
            pads: tuple[int, int, int, int], out: np.ndarray | None = None) -> np.ndarray:
     """Adjoint of ``im2col``: add columns (G, N, Ho, Wo, kh, kw, Cg) back into an NHWC image
@@ -217,14 +231,23 @@ def col2im(cols: np.ndarray, in_hw: tuple[int, int], stride: tuple[int, int], di
     else:
         out[...] = 0
     og = out.reshape(n, h, w, g, cg).transpose(3, 0, 1, 2, 4)
-    hwin = tap_windows(h, ho, kh, stride[0], dilation[0], pads[0])
-    wwin = tap_windows(w, wo, kw, stride[1], dilation[1], pads[2])
-    for i, hw in enumerate(hwin):
-        if hw is None:
-            continue
-        for j, ww in enumerate(wwin):
-            if ww is None:
-                continue
-            (ho_s, hi_s), (wo_s, wi_s) = hw, ww
-            og[:, :, hi_s, wi_s] += cols[:, :, ho_s, wo_s, i, j, :]
+    for i, j, (ho_s, wo_s), (hi_s, wi_s) in tap_pairs(in_hw, (ho, wo), (kh, kw), stride, dilation, pads):
+        og[:, :, hi_s, wi_s] += cols[:, :, ho_s, wo_s, i, j, :]
+    return out
+
+
+def col2im_tap_major(cols: np.ndarray, in_hw: tuple[int, int], stride: tuple[int, int],
+                     dilation: tuple[int, int], pads: tuple[int, int, int, int],
+                     out: np.ndarray | None = None) -> np.ndarray:
+    """``col2im`` of tap-major columns (kh, kw, N, Ho, Wo, C) (one group): every tap adds a
+    contiguous (N, Ho, Wo, C) block, where ``col2im``'s source runs are only C values long
+    (measured on LeNet's 10-channel input gradient: 2.3 -> 1.3 ms)."""
+    kh, kw, n, ho, wo, c = cols.shape
+    h, w = in_hw
+    if out is None:
+        out = np.zeros((n, h, w, c), dtype=cols.dtype)
+    else:
+        out[...] = 0
+    for i, j, (ho_s, wo_s), (hi_s, wi_s) in tap_pairs(in_hw, (ho, wo), (kh, kw), stride, dilation, pads):
+        out[:, hi_s, wi_s] += cols[i, j, :, ho_s, wo_s]
     return out
