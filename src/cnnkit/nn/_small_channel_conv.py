@@ -235,20 +235,26 @@ def _cf_conv(xt, weight, geo, bias=None) -> np.ndarray:
     o, c, kh, kw = weight.shape
     ho, wo = geo["out_hw"]
     k = c * kh * kw
+    ones = bias is not None
+    # The bias rides in the GEMM as one more row of ones in the columns: with K this small
+    # a separate pass over the output costs as much as the GEMM itself (measured on
+    # seed-000's 1 -> 20 3x3 layer: GEMM 0.36 + bias 0.27 ms -> 0.40 ms).
     wmat = weight.reshape(o, k).T                                         # (K, O) view
+    if ones:
+        wmat = np.concatenate([wmat, bias.reshape(1, o)])                  # (K + 1, O)
     x = nchw(xt)
     out = np.empty((n, ho, wo, o), dtype=xt.dtype)
-    per_sample = ho * wo * k * xt.itemsize
+    per_sample = ho * wo * (k + ones) * xt.itemsize
 
     def run(start, stop):
         for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
             m = (n1 - n0) * ho * wo
-            cols = workspace.get("conv_cols", (c, kh, kw, n1 - n0, ho, wo), xt.dtype)
-            im2col_channels_first(x[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo), cols)
-            dst = out[n0:n1].reshape(m, o)
-            np.matmul(cols.reshape(k, m).T, wmat, out=dst)
-            if bias is not None:
-                dst += bias
+            cols = workspace.get("conv_cols", (k + ones, m), xt.dtype)
+            im2col_channels_first(x[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo),
+                                  cols[:k].reshape(c, kh, kw, n1 - n0, ho, wo))
+            if ones:
+                cols[k] = 1
+            np.matmul(cols.T, wmat, out=out[n0:n1].reshape(m, o))
 
     parallel_for(n, run, n * per_sample)
     return out
