@@ -365,3 +365,32 @@ def test_small_channel_routing():
     assert small_c_block(3, 64, 32, SMALL_C) == 1
     assert small_c_block(20, 50, 9, SMALL_C) is None    # channels-last im2col
     assert small_c_block(32, 32, 28, SMALL_C) is None
+
+
+@pytest.mark.parametrize("m", [1000, 37, 2 * 48])
+def test_narrow_matmul_equals_matmul(m):
+    # The stacked small-GEMM path (with a remainder block) and its fallbacks.
+    from cnnkit.nn._conv_kernels import narrow_matmul
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((m, 576)).astype(np.float32)
+    for b in (rng.standard_normal((576, 32)).astype(np.float32),
+              np.asfortranarray(rng.standard_normal((576, 20)).astype(np.float32)),   # transposed view
+              rng.standard_normal((576, 64)).astype(np.float32)):                     # too wide: one call
+        out = np.empty((m, b.shape[1]), np.float32)
+        assert narrow_matmul(a, b, out) is out
+        np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+
+
+def test_conv_through_stacked_small_gemms_matches_torch(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from cnnkit.nn import _conv_kernels
+    monkeypatch.setattr(_conv_kernels, "NARROW_MIN_K", 1)
+    monkeypatch.setattr(_conv_kernels, "SMALL_GEMM_MACS", 16 * 27 * 8)
+    rng = np.random.default_rng(13)
+    layer = Conv2d(3, 8, 3, padding=1)
+    x = rng.standard_normal((3, 3, 9, 7)).astype(np.float32)
+    conv, run = _torch_conv(torch, dict(in_channels=3, out_channels=8, kernel_size=3, padding=1), x.shape, layer)
+    with monkeypatch.context() as m:
+        m.setattr(_conv_kernels, "SMALL_C", 0)     # the general im2col + GEMM path
+        out = layer(x)
+    np.testing.assert_allclose(out, run(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
