@@ -392,3 +392,17 @@ def test_caller_gradient_is_not_overwritten_by_an_in_place_relu():
     g_copy = g.copy()
     model.backward(g)                                   # writeable, but the caller's
     np.testing.assert_array_equal(g, g_copy)
+
+
+def test_relu_after_conv_is_fused_unless_observed():
+    from cnnkit.nn import Conv2d
+    cnnkit.manual_seed(0)
+    model = Sequential(Conv2d(1, 3, 3), ReLU(), Conv2d(3, 2, 3), ReLU())
+    x = _x((2, 1, 7, 7)).astype(np.float32)
+    out = model(x)
+    expected = np.maximum(model[2](np.maximum(model[0](x), 0)), 0)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    seen = []
+    model[1].register_forward_hook(lambda m, inp, o: seen.append(inp.copy()))
+    np.testing.assert_allclose(model(x), expected, rtol=1e-6, atol=1e-6)
+    assert (seen[0] < 0).any()          # the hooked ReLU saw the convolution's raw output

@@ -394,3 +394,19 @@ def test_conv_through_stacked_small_gemms_matches_torch(monkeypatch):
         m.setattr(_conv_kernels, "SMALL_C", 0)     # the general im2col + GEMM path
         out = layer(x)
     np.testing.assert_allclose(out, run(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,kwargs,shape", CONFIGS, ids=IDS)
+def test_fused_relu_equals_relu_of_the_output(name, kwargs, shape, algorithm):
+    # Every kernel path (GEMM, small-channel, row blocks, Winograd, depthwise, pointwise)
+    # applies the fused ReLU to exactly its own output.
+    from cnnkit.nn import functional as F
+    rng = np.random.default_rng(14)
+    layer = Conv2d(**kwargs)
+    x = rng.standard_normal(shape).astype(np.float32)
+    args = (layer.weight.data, None if layer.bias is None else layer.bias.data, layer.stride,
+            layer.padding, layer.dilation, layer.groups)
+    plain, _ = F.conv2d_forward(x, *args)
+    fused, _ = F.conv2d_forward(x, *args, relu=True)
+    assert (plain < 0).any()
+    np.testing.assert_array_equal(fused, np.maximum(plain, 0))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._buffers import batch_chunks, workspace
+from ._epilogue import finish_output
 from ._im2col import col2im, col2im_tap_major, im2col, tap_pairs
 from ._small_channel_conv import small_c_block, small_c_conv, small_c_weight_grad
 from ._parallel import parallel_for
@@ -104,22 +105,24 @@ def weight_matrix(weight: np.ndarray, groups: int) -> np.ndarray:
 
 
 def gemm_conv_forward(xt: np.ndarray, weight: np.ndarray, groups: int, geo: dict,
-                      bias: np.ndarray | None = None) -> np.ndarray:
-    """NHWC input (N, H, W, C) -> NHWC output (N, Ho, Wo, O), a fresh array."""
+                      bias: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+    """NHWC input (N, H, W, C) -> NHWC output (N, Ho, Wo, O), a fresh array; ``relu``:
+    the output is clipped at 0 chunk by chunk (a fused ReLU, see ``_epilogue``)."""
     if wino.use_winograd(geo["kernel"], geo["stride"], geo["dilation"], groups, xt.shape[3], weight.shape[0]):
         wt = wino.transform_weight(weight)
         # Kept for the input gradient, which needs the same transform (see winograd_conv).
         geo["winograd_weight"] = wt
-        return wino.winograd_conv(xt, wt, geo["pads"], geo["out_hw"], bias)
+        return wino.winograd_conv(xt, wt, geo["pads"], geo["out_hw"], bias, relu=relu)
     if groups == 1 and (block := small_c_block(xt.shape[3], weight.shape[0], geo["out_hw"][1], SMALL_C)):
-        return small_c_conv(xt, weight, geo, bias, block)
+        return small_c_conv(xt, weight, geo, bias, block, relu=relu)
     if (groups == 1 and geo["kernel"] == (1, 1) and geo["stride"] == (1, 1) and not any(geo["pads"])
             and xt.flags.c_contiguous):
-        return _pointwise_conv(xt, weight, bias)
-    return _gemm_conv(xt, weight_matrix(weight, groups), weight.shape, groups, geo, bias)
+        return _pointwise_conv(xt, weight, bias, relu)
+    return _gemm_conv(xt, weight_matrix(weight, groups), weight.shape, groups, geo, bias, relu)
 
 
-def _pointwise_conv(xt: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+def _pointwise_conv(xt: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
+                    relu: bool = False) -> np.ndarray:
     """1x1 stride-1 unpadded convolution of a C-contiguous NHWC input: a plain GEMM
     (N*H*W, C) @ (C, O) on the input itself. im2col would only copy the input. The rows
     are split over the threads, so batch 1 uses them too."""
@@ -133,14 +136,13 @@ def _pointwise_conv(xt: np.ndarray, weight: np.ndarray, bias: np.ndarray | None 
     def run(start, stop):
         dst = out2d[start:stop]
         np.matmul(x2d[start:stop], wmat, out=dst)
-        if bias is not None:
-            dst += bias
+        finish_output(dst, bias, relu)
 
     parallel_for(x2d.shape[0], run, x2d.nbytes + out2d.nbytes)
     return out
 
 
-def _gemm_conv(xt, wk, wshape, groups, geo, bias=None) -> np.ndarray:
+def _gemm_conv(xt, wk, wshape, groups, geo, bias=None, relu: bool = False) -> np.ndarray:
     """im2col + GEMM with a prepared (G, K, Og) weight matrix ``wk`` of a (O, Cg, kh, kw) kernel."""
     n = xt.shape[0]
     o, cg, kh, kw = wshape
@@ -159,8 +161,7 @@ def _gemm_conv(xt, wk, wshape, groups, geo, bias=None) -> np.ndarray:
                 narrow_matmul(cols.reshape(m, k), wk[0], dst)
             else:
                 np.matmul(cols.reshape(groups, m, k), wk, out=dst.reshape(m, groups, og).transpose(1, 0, 2))
-            if bias is not None:
-                dst += bias
+            finish_output(dst, bias, relu)
 
     parallel_for(n, run, n * per_sample)
     return out
@@ -285,14 +286,15 @@ def _depthwise_taps(geo, h, w):
 DEPTHWISE_CHUNK_BYTES = 256 << 10
 
 
-def depthwise_forward(xt: np.ndarray, weight: np.ndarray, geo: dict, bias: np.ndarray | None = None) -> np.ndarray:
+def depthwise_forward(xt: np.ndarray, weight: np.ndarray, geo: dict, bias: np.ndarray | None = None,
+                      relu: bool = False) -> np.ndarray:
     """Depthwise convolution (groups == C): per tap, out += x_tap * w_tap.
 
     One output channel per input channel (the usual case) goes to ``_depthwise_rows``;
     channel multipliers > 1 to the tap loop on batch chunks below."""
     if weight.shape[0] == xt.shape[3]:
-        return _depthwise_rows(xt, weight, geo, bias)
-    return _depthwise_multiplier(xt, weight, geo, bias)
+        return _depthwise_rows(xt, weight, geo, bias, relu)
+    return _depthwise_multiplier(xt, weight, geo, bias, relu)
 
 
 def _depthwise_taps_rows(xt: np.ndarray, geo: dict) -> list:
@@ -339,7 +341,8 @@ def _depthwise_taps_rows(xt: np.ndarray, geo: dict) -> list:
     return taps
 
 
-def _depthwise_rows(xt: np.ndarray, weight: np.ndarray, geo: dict, bias: np.ndarray | None = None) -> np.ndarray:
+def _depthwise_rows(xt: np.ndarray, weight: np.ndarray, geo: dict, bias: np.ndarray | None = None,
+                    relu: bool = False) -> np.ndarray:
     """Depthwise convolution with one output channel per input channel, any stride / padding.
 
     Why this shape of loop: a per-channel weight broadcast over (N, Ho, Wo, C) limits NumPy's
@@ -380,15 +383,14 @@ def _depthwise_rows(xt: np.ndarray, weight: np.ndarray, geo: dict, bias: np.ndar
                     tmp = workspace.get("dw_tmp", shape, xt.dtype)
                     np.multiply(src, wt, out=tmp)
                     dst += tmp
-            if bias is not None:
-                out[:, r0:r1] += bias
+            finish_output(out[:, r0:r1], bias, relu)
 
     parallel_for(ho, run, out.nbytes * max(len(taps), 1))
     return out
 
 
 def _depthwise_multiplier(xt: np.ndarray, weight: np.ndarray, geo: dict,
-                          bias: np.ndarray | None = None) -> np.ndarray:
+                          bias: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
     """Depthwise convolution with a channel multiplier: per tap, out += x_tap * w_tap, on
     batch chunks small enough for the running sum and its temporary to stay in cache."""
     n, h, w, c = xt.shape
@@ -423,8 +425,7 @@ def _depthwise_multiplier(xt: np.ndarray, weight: np.ndarray, geo: dict,
                 np.add(dst, t, out=dst)
             if first:  # no tap inside the image at all
                 dst_all.fill(0)
-            if bias is not None:
-                dst_all += bias.reshape(c, mult)
+            finish_output(dst_all, None if bias is None else bias.reshape(c, mult), relu)
 
     parallel_for(n, run, out.nbytes * len(taps))
     return out.reshape(n, ho, wo, o)

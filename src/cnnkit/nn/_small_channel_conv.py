@@ -26,6 +26,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ._buffers import batch_chunks, workspace
+from ._epilogue import finish_output
 from ._im2col import im2col_channels_first, nchw
 from ._parallel import parallel_for
 
@@ -163,11 +164,12 @@ def block_columns(x: np.ndarray, geo: dict, p: int, j: int, channels_first: bool
     return cols
 
 
-def small_c_conv(xt, weight, geo, bias=None, block: int = 1) -> np.ndarray:
+def small_c_conv(xt, weight, geo, bias=None, block: int = 1, relu: bool = False) -> np.ndarray:
     """NHWC input (N, H, W, C) -> fresh NHWC output (N, Ho, Wo, O); ``block`` from
-    ``small_c_block``: 1 = channels-first columns, P >= 2 = row blocks of P pixels."""
+    ``small_c_block``: 1 = channels-first columns, P >= 2 = row blocks of P pixels;
+    ``relu``: a fused ReLU on the output (see ``_epilogue``)."""
     if block == 1:
-        return _cf_conv(xt, weight, geo, bias)
+        return _cf_conv(xt, weight, geo, bias, relu)
     n = xt.shape[0]
     o = weight.shape[0]
     ho, wo = geo["out_hw"]
@@ -183,8 +185,7 @@ def small_c_conv(xt, weight, geo, bias=None, block: int = 1) -> np.ndarray:
             cols = block_columns(xt[n0:n1], geo, p, j, cf)
             dst = out[n0:n1].reshape(cols.shape[0], p * o)
             np.matmul(cols, wb, out=dst)
-            if brow is not None:
-                dst += brow
+            finish_output(dst, brow, relu)
 
     parallel_for(n, run, n * per_sample)
     return out
@@ -229,7 +230,7 @@ def small_c_weight_grad(g, xt, weight_shape, geo, block: int = 1, bias_grad: boo
 
 
 # ------------------------------------------------------------------ channels-first columns
-def _cf_conv(xt, weight, geo, bias=None) -> np.ndarray:
+def _cf_conv(xt, weight, geo, bias=None, relu: bool = False) -> np.ndarray:
     """Forward with channels-first columns (K, M): few input channels (first layers)."""
     n = xt.shape[0]
     o, c, kh, kw = weight.shape
@@ -254,7 +255,9 @@ def _cf_conv(xt, weight, geo, bias=None) -> np.ndarray:
                                   cols[:k].reshape(c, kh, kw, n1 - n0, ho, wo))
             if ones:
                 cols[k] = 1
-            np.matmul(cols.T, wmat, out=out[n0:n1].reshape(m, o))
+            dst = out[n0:n1].reshape(m, o)
+            np.matmul(cols.T, wmat, out=dst)
+            finish_output(dst, None, relu)
 
     parallel_for(n, run, n * per_sample)
     return out

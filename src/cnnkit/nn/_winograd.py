@@ -22,6 +22,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ._buffers import workspace
+from ._epilogue import finish_output
 from ._im2col import pad_nhwc
 from ._parallel import parallel_for, parallel_matmul
 
@@ -110,13 +111,14 @@ def _input_tiles(x: np.ndarray, pads, th: int, tw: int, name: str, kb: np.ndarra
     return v
 
 
-def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None, flipped: bool = False) -> np.ndarray:
+def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None, flipped: bool = False,
+                  relu: bool = False) -> np.ndarray:
     """NHWC input (N, H, W, C), transformed weight (16, C, O) -> NHWC output (N, Ho, Wo, O).
 
     ``flipped=True``: convolve with the flipped kernel whose in / out channels are swapped
     (the input gradient of the forward convolution that ``wt`` belongs to), given the
     forward's transformed weight ``wt`` (16, O, C) as it is: input (N, H, W, O) -> output
-    (N, Ho, Wo, C)."""
+    (N, Ho, Wo, C). ``relu``: a fused ReLU on the output (see ``_epilogue``)."""
     if flipped:
         wt = wt.transpose(0, 2, 1)
     n, h, w, c = xt.shape
@@ -148,8 +150,7 @@ def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None, flipp
                     for s in range(2):
                         part = dst[:, r::2, s::2]
                         np.copyto(part, y6[r, s, :, : part.shape[1], : part.shape[2]])
-            if bias is not None:
-                dst += bias
+            finish_output(dst, bias, relu)
 
     parallel_for(n, run, n * per_sample)
     return out

@@ -70,6 +70,7 @@ class ReLU(_Activation):
             modified. Inside a ``Sequential``, a ReLU after a layer whose output nobody else
             sees (Conv2d, Linear, BatchNorm, pooling) works in place on it automatically, and
             so does its backward on the next layer's fresh gradient: no new array, one pass.
+            After a Conv2d it is fused into the convolution's output pass (no pass at all).
 
     Shape:
         any -> same.
@@ -87,7 +88,8 @@ class ReLU(_Activation):
                 part = slice(start, stop) if x.ndim else ()
                 np.maximum(x[part], 0, out=x[part])
 
-            _split_rows(x, clip)
+            if not self.__dict__.get("_input_is_rectified", False):  # else fused into the conv
+                _split_rows(x, clip)
             # The output is the gradient's mask too (out > 0 where x > 0): keep it instead.
             self._cache = x if is_grad_enabled() else None
             return x

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .activation import ReLU
 from .module import Module
 
 __all__ = ["Sequential", "Concat", "Residual"]
@@ -49,18 +50,43 @@ def _backward_child(module: Module, grad: np.ndarray, need_input_grad: bool) -> 
 class _scratch:
     """Tell ``module`` (for the length of one call) that the array it receives is scratch it
     may overwrite, when it is an activation that can work in place and nothing observes
-    its input (no forward hook)."""
+    its input (no forward hook); ``rectified``: and that a fused ReLU already clipped it."""
 
-    def __init__(self, module: Module, is_scratch: bool):
+    def __init__(self, module: Module, is_scratch: bool, rectified: bool = False):
         self.module = module if is_scratch and module.overwrites_scratch and not module._forward_hooks else None
+        self.rectified = rectified
 
     def __enter__(self):
         if self.module is not None:
             self.module.__dict__["_input_is_scratch"] = True
+            self.module.__dict__["_input_is_rectified"] = self.rectified
 
     def __exit__(self, *exc):
         if self.module is not None:
             self.module.__dict__["_input_is_scratch"] = False
+            self.module.__dict__["_input_is_rectified"] = False
+
+
+class _fusing:
+    """Ask ``module`` (for one call) to apply the following ReLU in its output pass."""
+
+    def __init__(self, module: Module, fuse: bool):
+        self.module = module if fuse else None
+
+    def __enter__(self):
+        if self.module is not None:
+            self.module.__dict__["_fuse_relu"] = True
+
+    def __exit__(self, *exc):
+        if self.module is not None:
+            self.module.__dict__["_fuse_relu"] = False
+
+
+def _fusable(producer: Module, consumer: Module) -> bool:
+    """A ReLU can be fused into ``producer`` when the producer supports it, the consumer is
+    exactly a ReLU that would work in place, and no hook would see the difference."""
+    return (producer.fuses_relu and type(consumer) is ReLU and not producer._forward_hooks
+            and not consumer._forward_hooks)
 
 
 def _is_private(module: Module, declared_fresh: bool, result, arg) -> bool:
@@ -166,13 +192,14 @@ class Sequential(_Container):
 
     # ------------------------------------------------------------------ running
     def forward(self, x: np.ndarray) -> np.ndarray:
+        children = [(name, m) for name, m in self._modules.items() if m is not None]
         x_is_scratch = False  # x is the previous child's fresh output, seen by nobody else
-        for name, m in self._modules.items():
-            if m is None:
-                continue
+        fused = False         # ... and the ReLU that comes next was already applied to it
+        for i, (name, m) in enumerate(children):
+            fuse = i + 1 < len(children) and _fusable(m, children[i + 1][1])
             inp = x
             try:
-                with _scratch(m, x_is_scratch):
+                with _scratch(m, x_is_scratch, rectified=fused), _fusing(m, fuse):
                     x = m(x)
             except (ValueError, TypeError) as exc:
                 # The layer's own message says what was wrong; the note says where it sits.
@@ -180,6 +207,7 @@ class Sequential(_Container):
                     exc.add_note(f"  in Sequential layer {name!r} ({type(m).__name__})")
                 raise
             x_is_scratch = _is_private(m, m.returns_fresh_output, x, inp)
+            fused = fuse and x_is_scratch
         return x
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray | None:

@@ -59,6 +59,7 @@ class Conv2d(Module):
 
     returns_fresh_output = True       # see Module: a ReLU after it may work in place
     returns_fresh_input_grad = True
+    fuses_relu = True                 # ... or be fused into its output pass
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, generator: np.random.Generator | None = None):
@@ -124,7 +125,9 @@ class Conv2d(Module):
         bias = None if self.bias is None else self.bias.data
         # The cache is only a reference to x (no copy), so it is kept in eval mode too:
         # gradients through an eval-mode network (saliency, frozen BatchNorm) still work.
-        out, self._cache = F.conv2d_forward(x, w, bias, self.stride, pads, self.dilation, self.groups)
+        # A Sequential may ask for the next ReLU to be fused into the output pass (one call).
+        relu = self.__dict__.get("_fuse_relu", False)
+        out, self._cache = F.conv2d_forward(x, w, bias, self.stride, pads, self.dilation, self.groups, relu=relu)
         return out
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray | None:

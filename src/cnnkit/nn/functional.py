@@ -66,7 +66,7 @@ def _check_conv_args(x: np.ndarray, weight: np.ndarray, groups: int) -> None:
 
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
                    stride=1, padding=0, dilation=1, groups: int = 1,
-                   keep_cache: bool = True):
+                   keep_cache: bool = True, relu: bool = False):
     """2-D convolution (cross-correlation, as PyTorch): im2col + one (batched) GEMM.
 
     Args:
@@ -75,6 +75,8 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
             semantics for any stride) or an explicit (top, bottom, left, right) 4-tuple.
         groups: channel groups (groups == C is depthwise).
         keep_cache: when False nothing is kept for backward (inference).
+        relu: return ``max(conv, 0)``, the ReLU fused into the kernels' output pass (the
+            backward is still the convolution's alone: the ReLU's gradient is its own).
 
     Returns:
         ``(out, cache)``: out (N, O, Ho, Wo) in NHWC memory; cache for ``conv2d_backward``
@@ -102,9 +104,9 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
     if bias is not None:
         bias = bias.astype(weight.dtype, copy=False)
     if groups > 1 and cg == 1:
-        out = depthwise_forward(xt, weight, geometry, bias)
+        out = depthwise_forward(xt, weight, geometry, bias, relu)
     else:
-        out = gemm_conv_forward(xt, weight, groups, geometry, bias)
+        out = gemm_conv_forward(xt, weight, groups, geometry, bias, relu)
     cache = (xt, groups, geometry) if keep_cache else None
     return _nchw(out), cache
 

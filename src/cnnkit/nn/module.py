@@ -143,6 +143,9 @@ class Module:
     returns_fresh_output: bool = False
     returns_fresh_input_grad: bool = False
     overwrites_scratch: bool = False
+    #: ``fuses_relu``: forward can apply a following ReLU in its own output pass
+    #: (``Sequential`` sets ``_fuse_relu`` for one call and tells the ReLU it is done).
+    fuses_relu: bool = False
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
