@@ -102,21 +102,27 @@ def nchw(x: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- padding
-def pad_nhwc(x: np.ndarray, pads: tuple[int, int, int, int], buffer: str = "pad") -> np.ndarray:
+def pad_nhwc(x: np.ndarray, pads: tuple[int, int, int, int], buffer: str = "pad",
+             channels_first: bool = False) -> np.ndarray:
     """Zero-pad an NHWC array by (top, bottom, left, right) (negative amounts crop).
 
-    Returns ``x`` itself when there is nothing to do and its channels are contiguous;
-    otherwise a *scratch* array from the workspace named ``buffer`` (valid until the next
-    request of that name), channels contiguous. Only the border strips are zeroed.
+    Returns ``x`` itself when there is nothing to do and its channels are contiguous (with
+    ``channels_first``: whenever there is nothing to do); otherwise the NHWC view of a
+    *scratch* array from the workspace named ``buffer`` (valid until the next request of
+    that name), laid out channels last, or channels first (each image plane contiguous) with
+    ``channels_first``. Only the border strips are zeroed.
     """
     t, b, l, r = pads
     n, h, w, c = x.shape
-    if not (t or b or l or r) and (x.strides[3] == x.itemsize or c == 1):
+    if not (t or b or l or r) and (channels_first or x.strides[3] == x.itemsize or c == 1):
         return x
     src = x[:, max(-t, 0): h - max(-b, 0), max(-l, 0): w - max(-r, 0)]
-    hp, wp = h + t + b, w + l + r
     t, b, l, r = max(t, 0), max(b, 0), max(l, 0), max(r, 0)
-    out = workspace.get(buffer, (n, hp, wp, c), x.dtype)
+    hp, wp = t + src.shape[1] + b, l + src.shape[2] + r
+    if channels_first:
+        out = workspace.get(buffer, (n, c, hp, wp), x.dtype).transpose(0, 2, 3, 1)
+    else:
+        out = workspace.get(buffer, (n, hp, wp, c), x.dtype)
     if t:
         out[:, :t] = 0
     if b:

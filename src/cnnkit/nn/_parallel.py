@@ -154,6 +154,30 @@ def parallel_for(n: int, fn: Callable[[int, int], object], work_bytes: int) -> l
     return [first] + [f.result() for f in futures]
 
 
+def parallel_sum(n: int, part: Callable[[int, int], np.ndarray], bytes_per_sample: int,
+                 chunk_bytes: int) -> np.ndarray:
+    """The sum over batch chunks (n0, n1) of ``part(n0, n1)`` (a fresh array each), the
+    chunks shared out to the threads: each thread adds its own chunks, then the threads'
+    sums are added (weight gradients reduce over the batch this way)."""
+    from ._buffers import batch_chunks
+
+    def run(start, stop):
+        acc = None
+        for n0, n1 in batch_chunks(start, stop, bytes_per_sample, chunk_bytes):
+            p = part(n0, n1)
+            if acc is None:
+                acc = p
+            else:
+                acc += p
+        return acc
+
+    parts = parallel_for(n, run, n * bytes_per_sample)
+    total = parts[0]
+    for p in parts[1:]:
+        total += p
+    return total
+
+
 def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for a 2-D ``a`` (M, K) and ``b`` (K, N), split over the kernel threads (for
     GEMMs outside the convolution kernels once the pool owns the cores, e.g. Linear layers).

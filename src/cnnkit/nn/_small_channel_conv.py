@@ -27,8 +27,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from ._buffers import batch_chunks, workspace
 from ._epilogue import finish_output
-from ._im2col import im2col_channels_first, nchw
-from ._parallel import parallel_for
+from ._im2col import im2col_channels_first, nchw, pad_nhwc
+from ._parallel import parallel_for, parallel_sum
 
 
 #: Target size of one chunk's column matrix.
@@ -114,33 +114,6 @@ def _fold_block_grad(acc: np.ndarray, weight_shape, p: int, j: int, channels_fir
     return np.ascontiguousarray(gw.transpose(3, 2, 0, 1))
 
 
-def _padded(x: np.ndarray, pads, channels_first: bool) -> np.ndarray:
-    """NHWC view of the zero-padded batch chunk ``x`` (NHWC view, any strides), or ``x``
-    itself when there is no padding. The scratch keeps the layout the columns read
-    (channels first or last); only its border strips are zeroed."""
-    t, b, l, r = pads
-    if not (t or b or l or r):
-        return x
-    n, h, w, c = x.shape
-    src = x[:, max(-t, 0): h - max(-b, 0), max(-l, 0): w - max(-r, 0)]
-    t, b, l, r = max(t, 0), max(b, 0), max(l, 0), max(r, 0)
-    hp, wp = t + src.shape[1] + b, l + src.shape[2] + r
-    if channels_first:
-        out = workspace.get("small_c_pad", (n, c, hp, wp), x.dtype).transpose(0, 2, 3, 1)
-    else:
-        out = workspace.get("small_c_pad", (n, hp, wp, c), x.dtype)
-    if t:
-        out[:, :t] = 0
-    if b:
-        out[:, hp - b:] = 0
-    if l:
-        out[:, t: hp - b, :l] = 0
-    if r:
-        out[:, t: hp - b, wp - r:] = 0
-    out[:, t: hp - b, l: wp - r] = src
-    return out
-
-
 def block_columns(x: np.ndarray, geo: dict, p: int, j: int, channels_first: bool,
                   ones: bool = False) -> np.ndarray:
     """Row-block columns of an NHWC batch chunk ``x`` (any strides): a scratch array
@@ -150,7 +123,7 @@ def block_columns(x: np.ndarray, geo: dict, p: int, j: int, channels_first: bool
     n, c = x.shape[0], x.shape[3]
     (kh, _), (sh, sw), (dh, _) = geo["kernel"], geo["stride"], geo["dilation"]
     ho, wo = geo["out_hw"]
-    xp = _padded(x, geo["pads"], channels_first)
+    xp = pad_nhwc(x, geo["pads"], "small_c_pad", channels_first)
     s0, s1, s2, s3 = xp.strides
     if channels_first:
         shape, strides = (n, ho, wo // p, c, kh, j), (s0, s1 * sh, s2 * sw * p, s3, s1 * dh, s2)
@@ -209,21 +182,11 @@ def small_c_weight_grad(g, xt, weight_shape, geo, block: int = 1, bias_grad: boo
     j, cf = _plan(xt, weight_shape, geo, p)
     per_sample = ho * (wo // p) * weight_shape[1] * weight_shape[2] * j * xt.itemsize
 
-    def run(start, stop):
-        acc = None
-        for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
-            cols = block_columns(xt[n0:n1], geo, p, j, cf, ones=bias_grad)
-            part = cols.T @ g[n0:n1].reshape(cols.shape[0], p * o)        # (K' (+1), P*O)
-            if acc is None:
-                acc = part
-            else:
-                acc += part
-        return acc
+    def part(n0, n1):
+        cols = block_columns(xt[n0:n1], geo, p, j, cf, ones=bias_grad)
+        return cols.T @ g[n0:n1].reshape(cols.shape[0], p * o)          # (K' (+1), P*O)
 
-    parts = parallel_for(n, run, n * per_sample)
-    acc = parts[0]
-    for part in parts[1:]:
-        acc += part
+    acc = parallel_sum(n, part, per_sample, CHUNK_BYTES)
     k = acc.shape[0] - bias_grad
     gw = _fold_block_grad(acc[:k], weight_shape, p, j, cf, geo)
     return (gw, acc[k].reshape(p, o).sum(axis=0)) if bias_grad else gw
@@ -273,24 +236,13 @@ def _cf_weight_grad(g, xt, weight_shape, geo, ones: bool = False) -> np.ndarray:
     x = nchw(xt)
     per_sample = ho * wo * k * xt.itemsize
 
-    def run(start, stop):
-        acc = None
-        for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
-            m = (n1 - n0) * ho * wo
-            cols = workspace.get("conv_cols", (k + ones, m), xt.dtype)
-            im2col_channels_first(x[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo),
-                                  cols[:k].reshape(c, kh, kw, n1 - n0, ho, wo))
-            if ones:
-                cols[k] = 1
-            part = cols @ g[n0:n1].reshape(m, o)                             # (K (+1), O)
-            if acc is None:
-                acc = part
-            else:
-                acc += part
-        return acc
+    def part(n0, n1):
+        m = (n1 - n0) * ho * wo
+        cols = workspace.get("conv_cols", (k + ones, m), xt.dtype)
+        im2col_channels_first(x[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo),
+                              cols[:k].reshape(c, kh, kw, n1 - n0, ho, wo))
+        if ones:
+            cols[k] = 1
+        return cols @ g[n0:n1].reshape(m, o)                                 # (K (+1), O)
 
-    parts = parallel_for(n, run, n * per_sample)
-    acc = parts[0]
-    for p in parts[1:]:
-        acc += p
-    return acc
+    return parallel_sum(n, part, per_sample, CHUNK_BYTES)

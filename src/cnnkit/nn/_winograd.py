@@ -24,7 +24,7 @@ from numpy.lib.stride_tricks import as_strided
 from ._buffers import workspace
 from ._epilogue import finish_output
 from ._im2col import pad_nhwc
-from ._parallel import parallel_for, parallel_matmul
+from ._parallel import parallel_for, parallel_matmul, parallel_sum
 
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
@@ -165,28 +165,17 @@ def winograd_weight_grad(g: np.ndarray, xt: np.ndarray, pads) -> np.ndarray:
     per_sample = 16 * th * tw * max(c, o) * xt.itemsize
     step = max(1, max(CHUNK_BYTES, 2 * 16 * c * o * xt.itemsize) // per_sample)
 
-    def run(start, stop):
-        acc = None
-        for n0 in range(start, stop, step):
-            n1 = min(stop, n0 + step)
-            t = (n1 - n0) * th * tw
-            v = _input_tiles(xt[n0:n1], pads, th, tw, "wino_v")
-            # Gradient tiles: 2x2 blocks of dY (zero-padded to even size), transformed.
-            gp = pad_nhwc(g[n0:n1], (0, 2 * th - ho, 0, 2 * tw - wo), "wino_gpad")
-            gd = workspace.get("wino_gd", (4, t * o), xt.dtype)
-            np.copyto(gd.reshape(2, 2, n1 - n0, th, tw, o), _tiles(gp, th, tw, 2, 2))
-            gt = workspace.get("wino_d", (16, t, o), xt.dtype)   # the raw tiles are dead
-            np.matmul(ka.T, gd, out=gt.reshape(16, t * o))
-            part = np.matmul(v.transpose(0, 2, 1), gt)          # (16, C, O)
-            if acc is None:
-                acc = part
-            else:
-                acc += part
-        return acc
+    def part(n0, n1):
+        t = (n1 - n0) * th * tw
+        v = _input_tiles(xt[n0:n1], pads, th, tw, "wino_v")
+        # Gradient tiles: 2x2 blocks of dY (zero-padded to even size), transformed.
+        gp = pad_nhwc(g[n0:n1], (0, 2 * th - ho, 0, 2 * tw - wo), "wino_gpad")
+        gd = workspace.get("wino_gd", (4, t * o), xt.dtype)
+        np.copyto(gd.reshape(2, 2, n1 - n0, th, tw, o), _tiles(gp, th, tw, 2, 2))
+        gt = workspace.get("wino_d", (16, t, o), xt.dtype)   # the raw tiles are dead
+        np.matmul(ka.T, gd, out=gt.reshape(16, t * o))
+        return np.matmul(v.transpose(0, 2, 1), gt)                # (16, C, O)
 
-    parts = parallel_for(n, run, n * per_sample)
-    s = parts[0]
-    for p in parts[1:]:
-        s += p
+    s = parallel_sum(n, part, per_sample, step * per_sample)
     gw = kg.T @ s.reshape(16, c * o)                           # (9, C*O)
     return np.ascontiguousarray(gw.reshape(3, 3, c, o).transpose(3, 2, 0, 1))
