@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_vs_torch import interleaved_rates, set_threads  # noqa: E402  (one timing loop for both)
 
 IMAGE_SIZE = 224
 
@@ -62,28 +64,10 @@ def make_steps(ours, ref, n: int):
     return ck, th
 
 
-def time_steps(fn, steps: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return time.perf_counter() - t0
-
-
 def bench(ours, ref, n, rounds, pause, min_time):
     ck, th = make_steps(ours, ref, n)
-    for fn in (ck, th, ck, th):  # warm up: workspaces, allocators, thread pools
-        fn()
-    one = max(time_steps(ck, 1), time_steps(th, 1))
-    steps = max(1, int(np.ceil(min_time / max(one, 1e-6))))
-    rates = {"cnnkit": [], "torch": []}
-    for r in range(rounds):
-        order = [("cnnkit", ck), ("torch", th)]
-        if r % 2:
-            order.reverse()
-        for lib, fn in order:
-            time.sleep(pause)
-            rates[lib].append(steps * n / time_steps(fn, steps))
-    return float(np.median(rates["cnnkit"])), float(np.median(rates["torch"]))
+    cnnkit_rate, torch_rate, _ = interleaved_rates(ck, th, n, rounds, pause, min_time)
+    return cnnkit_rate, torch_rate
 
 
 def main(argv=None) -> int:
@@ -96,13 +80,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-
-    from cnnkit.nn import _parallel
-    from cnnkit.nn import functional as F
-    torch.set_num_threads(args.threads)
-    F.set_num_threads(args.threads)
-    if _parallel._blas is not None:  # NumPy's own BLAS (1x1 convs as plain GEMMs, Linear)
-        _parallel._blas[0](args.threads)
+    set_threads(args.threads)
     ours, ref = build_models()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# EfficientNet-Lite0 inference {IMAGE_SIZE}x{IMAGE_SIZE}, cnnkit vs PyTorch {torch.__version__} "

@@ -84,9 +84,10 @@ def time_steps(fn, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def bench(name, n, mode, rounds, pause, min_time):
-    model, ck = cnnkit_steps(name, n, mode)
-    th = torch_steps(name, n, mode, model)
+def interleaved_rates(ck, th, n: int, rounds: int, pause: float, min_time: float):
+    """Median images/s of the two one-batch step functions: warm-up, then ``rounds`` rounds
+    that time each library for about ``min_time`` seconds, a pause before each timing and
+    the order alternating between rounds. Returns (cnnkit, torch, steps per timing)."""
     for fn in (ck, th, ck, th):  # warm up: workspaces, allocators, thread pools
         fn()
     # Steps per timing: enough for ~min_time seconds of the slower library.
@@ -103,6 +104,24 @@ def bench(name, n, mode, rounds, pause, min_time):
     return float(np.median(rates["cnnkit"])), float(np.median(rates["torch"])), steps
 
 
+def set_threads(threads: int) -> None:
+    """The same number of threads for both libraries: PyTorch's intra-op pool, cnnkit's
+    kernel pool and NumPy's own OpenBLAS (GEMMs outside the pool)."""
+    import torch
+    from cnnkit.nn import _parallel
+    from cnnkit.nn import functional as F
+    torch.set_num_threads(threads)
+    F.set_num_threads(threads)
+    if _parallel._blas is not None:
+        _parallel._blas[0](threads)
+
+
+def bench(name, n, mode, rounds, pause, min_time):
+    model, ck = cnnkit_steps(name, n, mode)
+    th = torch_steps(name, n, mode, model)
+    return interleaved_rates(ck, th, n, rounds, pause, min_time)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=R.NAMES, choices=R.NAMES)
@@ -115,12 +134,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from cnnkit.nn import _parallel
-    from cnnkit.nn import functional as F
-    torch.set_num_threads(args.threads)
-    F.set_num_threads(args.threads)
-    if _parallel._blas is not None:  # NumPy's own BLAS (Linear layers, GEMMs outside the pool)
-        _parallel._blas[0](args.threads)
+    set_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# cnnkit vs PyTorch {torch.__version__} (CPU, float32), {args.threads} threads, "
           f"{args.rounds} rounds, load average {load:.1f}\n")

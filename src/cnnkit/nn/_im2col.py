@@ -106,15 +106,16 @@ def pad_nhwc(x: np.ndarray, pads: tuple[int, int, int, int], buffer: str = "pad"
              channels_first: bool = False) -> np.ndarray:
     """Zero-pad an NHWC array by (top, bottom, left, right) (negative amounts crop).
 
-    Returns ``x`` itself when there is nothing to do and its channels are contiguous (with
-    ``channels_first``: whenever there is nothing to do); otherwise the NHWC view of a
-    *scratch* array from the workspace named ``buffer`` (valid until the next request of
+    Returns ``x`` itself when there is nothing to do and its layout already fits: channels
+    contiguous, or with ``channels_first`` image rows contiguous. Otherwise the NHWC view of
+    a *scratch* array from the workspace named ``buffer`` (valid until the next request of
     that name), laid out channels last, or channels first (each image plane contiguous) with
     ``channels_first``. Only the border strips are zeroed.
     """
     t, b, l, r = pads
     n, h, w, c = x.shape
-    if not (t or b or l or r) and (channels_first or x.strides[3] == x.itemsize or c == 1):
+    fits = x.strides[2] == x.itemsize or w == 1 if channels_first else x.strides[3] == x.itemsize or c == 1
+    if not (t or b or l or r) and fits:
         return x
     src = x[:, max(-t, 0): h - max(-b, 0), max(-l, 0): w - max(-r, 0)]
     t, b, l, r = max(t, 0), max(b, 0), max(l, 0), max(r, 0)
@@ -186,25 +187,8 @@ def im2col_channels_first(x: np.ndarray, kernel, stride, dilation, pads, out_hw,
     ho, wo = out_hw
     shape = (c, kh, kw, n, ho, wo)
     cols = np.empty(shape, dtype=x.dtype) if out is None else out
-    t, b, l, r = pads
-    if t or b or l or r or x.strides[3] != x.itemsize:
-        # Padded copy, channels first; only the border strips are zeroed (a fill of the
-        # whole scratch would write it twice).
-        src = x[:, :, max(-t, 0): h - max(-b, 0), max(-l, 0): w - max(-r, 0)]
-        t, b, l, r = max(t, 0), max(b, 0), max(l, 0), max(r, 0)
-        hp, wp = t + src.shape[2] + b, l + src.shape[3] + r
-        xp = workspace.get("im2col_pad_cf", (n, c, hp, wp), x.dtype)
-        if t:
-            xp[:, :, :t] = 0
-        if b:
-            xp[:, :, hp - b:] = 0
-        if l:
-            xp[:, :, t: hp - b, :l] = 0
-        if r:
-            xp[:, :, t: hp - b, wp - r:] = 0
-        xp[:, :, t: hp - b, l: wp - r] = src
-    else:
-        xp = x
+    # Padded (or re-laid-out) copy with contiguous image rows: the copies below move rows.
+    xp = nchw(pad_nhwc(nhwc(x), pads, "im2col_pad_cf", channels_first=True))
     s0, s1, s2, s3 = xp.strides
     view = as_strided(xp, shape, (s1, s2 * dilation[0], s3 * dilation[1], s0, s2 * stride[0], s3 * stride[1]),
                       writeable=False)

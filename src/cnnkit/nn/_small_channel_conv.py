@@ -14,7 +14,7 @@ is P times wider and the columns are ~kw*P/J times smaller (runs of J*C values i
 of kw*C). Measured, 1 thread, batch 32: LeNet conv1 (1->10, 5x5) 0.82 -> 0.27 ms with
 P = 4; LeNet conv2 (10->20, 5x5, 8x8 out) 0.37 -> 0.28 ms with P = 2.
 
-Used by ``_conv_kernels`` (groups == 1) when ``use_small_c`` says so: few input channels
+Used by ``_conv_kernels`` (groups == 1) when ``small_c_block`` says so: few input channels
 (C <= ``SMALL_C``, where channels-last columns copy runs of 1-3 values) or a block
 width P > 1 (few output channels). The weight gradient is the same GEMM transposed:
 (K', M') @ (M', P*O), then the P diagonal bands of the (K', P*O) result are summed.
@@ -82,16 +82,12 @@ def _block_weight(weight: np.ndarray, p: int, j: int, channels_first: bool, geo:
     o, c, kh, kw = weight.shape
     sw, dw = geo["stride"][1], geo["dilation"][1]
     span = (kw - 1) * dw + 1
+    wb = np.zeros((kh, j, c, p, o), dtype=weight.dtype)
+    taps = weight.transpose(2, 3, 1, 0)                                  # (kh, kw, C, O)
+    for q in range(p):
+        wb[:, q * sw: q * sw + span: dw, :, q] = taps
     if channels_first:
-        wb = np.zeros((c, kh, j, p, o), dtype=weight.dtype)
-        taps = weight.transpose(1, 2, 3, 0)                              # (C, kh, kw, O)
-        for q in range(p):
-            wb[:, :, q * sw: q * sw + span: dw, q] = taps
-    else:
-        wb = np.zeros((kh, j, c, p, o), dtype=weight.dtype)
-        taps = weight.transpose(2, 3, 1, 0)                              # (kh, kw, C, O)
-        for q in range(p):
-            wb[:, q * sw: q * sw + span: dw, :, q] = taps
+        wb = np.ascontiguousarray(wb.transpose(2, 0, 1, 3, 4))           # (C, kh, J, P, O)
     return wb.reshape(-1, p * o)
 
 
@@ -102,12 +98,9 @@ def _fold_block_grad(acc: np.ndarray, weight_shape, p: int, j: int, channels_fir
     sw, dw = geo["stride"][1], geo["dilation"][1]
     span = (kw - 1) * dw + 1
     if channels_first:
-        a = acc.reshape(c, kh, j, p, o)
-        gw = a[:, :, 0: span: dw, 0].copy()
-        for q in range(1, p):
-            gw += a[:, :, q * sw: q * sw + span: dw, q]
-        return np.ascontiguousarray(gw.transpose(3, 0, 1, 2))
-    a = acc.reshape(kh, j, c, p, o)
+        a = acc.reshape(c, kh, j, p, o).transpose(1, 2, 0, 3, 4)          # (kh, J, C, P, O) view
+    else:
+        a = acc.reshape(kh, j, c, p, o)
     gw = a[:, 0: span: dw, :, 0].copy()
     for q in range(1, p):
         gw += a[:, q * sw: q * sw + span: dw, :, q]

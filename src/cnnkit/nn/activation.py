@@ -207,7 +207,26 @@ class Tanh(_Activation):
         return grad_out * (1 - out * out)
 
 
-class Softmax(_Activation):
+class _AlongDim(_Activation):
+    """An activation normalised along ``dim`` (the subclass's ``_kernel(x, axis)``), caching
+    its output."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = int(dim)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = _as_float(self, x)
+        axis = _check_dim(self, x, self.dim)
+        out = self._kernel(x, axis)
+        self._cache = (out, axis)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Softmax(_AlongDim):
     """exp(x) / sum(exp(x)) along ``dim`` (max-shifted, so it never overflows).
 
     Args:
@@ -217,27 +236,15 @@ class Softmax(_Activation):
         any -> same.
     """
 
-    def __init__(self, dim: int):
-        super().__init__()
-        self.dim = int(dim)
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        x = _as_float(self, x)
-        axis = _check_dim(self, x, self.dim)
-        out = softmax(x, axis)
-        self._cache = (out, axis)
-        return out
+    _kernel = staticmethod(softmax)
 
     def _grad(self, grad_out, cache):
         out, axis = cache
         # d softmax: s * (g - sum(g * s))
         return out * (grad_out - (grad_out * out).sum(axis=axis, keepdims=True))
 
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"
 
-
-class LogSoftmax(_Activation):
+class LogSoftmax(_AlongDim):
     """log(softmax(x)) along ``dim``, computed stably as x - logsumexp(x).
 
     Args:
@@ -247,16 +254,7 @@ class LogSoftmax(_Activation):
         any -> same.
     """
 
-    def __init__(self, dim: int):
-        super().__init__()
-        self.dim = int(dim)
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        x = _as_float(self, x)
-        axis = _check_dim(self, x, self.dim)
-        out = log_softmax(x, axis)
-        self._cache = (out, axis)
-        return out
+    _kernel = staticmethod(log_softmax)
 
     def _grad(self, grad_out, cache):
         out, axis = cache

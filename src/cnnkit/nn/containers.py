@@ -47,39 +47,30 @@ def _backward_child(module: Module, grad: np.ndarray, need_input_grad: bool) -> 
     return None
 
 
-class _scratch:
-    """Tell ``module`` (for the length of one call) that the array it receives is scratch it
-    may overwrite, when it is an activation that can work in place and nothing observes
-    its input (no forward hook); ``rectified``: and that a fused ReLU already clipped it."""
+class _one_call:
+    """Set hand-over flags on ``module`` for the length of one call (only the true ones),
+    and clear them afterwards, even when the call raises. The flags Sequential uses:
+    ``_input_is_scratch`` (the array received may be overwritten), ``_input_is_rectified``
+    (a fused ReLU already clipped it) and ``_fuse_relu`` (apply the next ReLU in your own
+    output pass)."""
 
-    def __init__(self, module: Module, is_scratch: bool, rectified: bool = False):
-        self.module = module if is_scratch and module.overwrites_scratch and not module._forward_hooks else None
-        self.rectified = rectified
-
-    def __enter__(self):
-        if self.module is not None:
-            self.module.__dict__["_input_is_scratch"] = True
-            self.module.__dict__["_input_is_rectified"] = self.rectified
-
-    def __exit__(self, *exc):
-        if self.module is not None:
-            self.module.__dict__["_input_is_scratch"] = False
-            self.module.__dict__["_input_is_rectified"] = False
-
-
-class _fusing:
-    """Ask ``module`` (for one call) to apply the following ReLU in its output pass."""
-
-    def __init__(self, module: Module, fuse: bool):
-        self.module = module if fuse else None
+    def __init__(self, module: Module, **flags: bool):
+        self.module = module
+        self.flags = [name for name, on in flags.items() if on]
 
     def __enter__(self):
-        if self.module is not None:
-            self.module.__dict__["_fuse_relu"] = True
+        for name in self.flags:
+            self.module.__dict__[name] = True
 
     def __exit__(self, *exc):
-        if self.module is not None:
-            self.module.__dict__["_fuse_relu"] = False
+        for name in self.flags:
+            self.module.__dict__[name] = False
+
+
+def _takes_scratch(module: Module, is_scratch: bool) -> bool:
+    """Whether ``module`` may overwrite the array it receives: the array is scratch, the
+    module is an activation that works in place, and no hook observes its input."""
+    return is_scratch and module.overwrites_scratch and not module._forward_hooks
 
 
 def _fusable(producer: Module, consumer: Module) -> bool:
@@ -199,7 +190,9 @@ class Sequential(_Container):
             fuse = i + 1 < len(children) and _fusable(m, children[i + 1][1])
             inp = x
             try:
-                with _scratch(m, x_is_scratch, rectified=fused), _fusing(m, fuse):
+                scratch = _takes_scratch(m, x_is_scratch)
+                with _one_call(m, _input_is_scratch=scratch, _input_is_rectified=scratch and fused,
+                               _fuse_relu=fuse):
                     x = m(x)
             except (ValueError, TypeError) as exc:
                 # The layer's own message says what was wrong; the note says where it sits.
@@ -223,7 +216,7 @@ class Sequential(_Container):
         for i in range(len(children) - 1, start - 1, -1):
             child_needs = need or i > start
             g_in = g
-            with _scratch(children[i], g_is_scratch):
+            with _one_call(children[i], _input_is_scratch=_takes_scratch(children[i], g_is_scratch)):
                 g = _backward_child(children[i], g, child_needs)
             g_is_scratch = _is_private(children[i], children[i].returns_fresh_input_grad, g, g_in)
             if child_needs and g is None and i > 0:

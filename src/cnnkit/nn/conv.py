@@ -137,10 +137,10 @@ class Conv2d(Module):
                                        need_input_grad=self.needs_input_grad,
                                        need_weight_grad=self.weight.requires_grad,
                                        need_bias_grad=need_b)
-        if gw is not None:
-            self.weight.accumulate_grad(gw)
+        if gw is not None:  # the kernels return fresh arrays: no copy needed
+            self.weight.accumulate_grad(gw, owned=True)
         if gb is not None:
-            self.bias.accumulate_grad(gb)
+            self.bias.accumulate_grad(gb, owned=True)
         return gx
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _parallel, init
 from ._conv_kernels import column_sums
-from ._parallel import get_num_threads, parallel_for, parallel_matmul
+from ._parallel import get_num_threads, parallel_for, parallel_matmul, split
 from .module import DEFAULT_DTYPE, Module, Parameter
 
 __all__ = ["Linear", "Flatten", "Identity"]
@@ -41,8 +41,8 @@ def _two_matmuls(a1: np.ndarray, b1: np.ndarray, a2: np.ndarray, b2: np.ndarray)
     out1 = np.empty((a1.shape[0], b1.shape[1]), dtype=np.result_type(a1, b1))
     out2 = np.empty((a2.shape[0], b2.shape[1]), dtype=np.result_type(a2, b2))
     per = max(1, threads // 2)             # threads (column blocks) per product
-    blocks = [(a1, b1, out1, lo, hi) for lo, hi in _column_blocks(b1.shape[1], per)]
-    blocks += [(a2, b2, out2, lo, hi) for lo, hi in _column_blocks(b2.shape[1], per)]
+    blocks = [(a1, b1, out1, lo, hi) for lo, hi in split(b1.shape[1], per)]
+    blocks += [(a2, b2, out2, lo, hi) for lo, hi in split(b2.shape[1], per)]
 
     def run(start, stop):
         for a, b, out, lo, hi in blocks[start:stop]:
@@ -50,11 +50,6 @@ def _two_matmuls(a1: np.ndarray, b1: np.ndarray, a2: np.ndarray, b2: np.ndarray)
 
     parallel_for(len(blocks), run, work)
     return out1, out2
-
-
-def _column_blocks(n: int, parts: int) -> list[tuple[int, int]]:
-    parts = max(1, min(parts, n))
-    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
 
 
 def _check_float(layer: Module, x: np.ndarray) -> np.ndarray:
@@ -66,16 +61,6 @@ def _check_float(layer: Module, x: np.ndarray) -> np.ndarray:
             f"(convert images with x.astype(np.float32) / 255)"
         )
     return x
-
-
-def _give_grad(p, g: np.ndarray) -> None:
-    """``p.accumulate_grad(g)`` for a ``g`` that is our own fresh array: when ``p`` has no
-    gradient yet it becomes ``p.grad`` itself instead of a copy (after ``zero_grad()`` that
-    is every step; a copy of a 3136 x 256 weight gradient costs ~0.2 ms)."""
-    if p.grad is None and g.dtype == p.data.dtype and g.shape == p.data.shape and g.flags.c_contiguous:
-        p.grad = g
-    else:
-        p.accumulate_grad(g)
 
 
 class Linear(Module):
@@ -154,10 +139,10 @@ class Linear(Module):
         elif self.needs_input_grad:
             gx = parallel_matmul(g2, w)
         if want_w:
-            _give_grad(self.weight, gw)
+            self.weight.accumulate_grad(gw, owned=True)
         if self.bias is not None and self.bias.requires_grad:
             # ones @ g (a GEMV) instead of g.sum(axis=0), which reduces along the strided axis.
-            _give_grad(self.bias, column_sums(np.ascontiguousarray(g2)))
+            self.bias.accumulate_grad(column_sums(np.ascontiguousarray(g2)), owned=True)
         if gx is None:
             return None
         return gx.reshape(*grad_out.shape[:-1], self.in_features)

@@ -185,12 +185,17 @@ class Optimizer:
         The contents are garbage; they stay valid only until the next call with the same slot
         in the same thread (each thread has its own, so ``_update`` may run on several).
         """
-        key = (p.data.dtype, slot, threading.get_ident())
+        return self._flat_temp(p.data.dtype, slot, p.data.size).reshape(p.data.shape)
+
+    def _flat_temp(self, dtype, slot: int, size: int) -> np.ndarray:
+        """A flat scratch array of ``size`` elements, with ``_temp``'s rules (this thread's
+        own, ``slot`` 0 or 1, garbage contents)."""
+        key = (np.dtype(dtype), slot, threading.get_ident())
         buf = self._scratch.get(key)
-        if buf is None or buf.size < p.data.size:
-            buf = np.empty(p.data.size, dtype=p.data.dtype)
+        if buf is None or buf.size < size:
+            buf = np.empty(size, dtype=dtype)
             self._scratch[key] = buf
-        return buf[: p.data.size].reshape(p.data.shape)
+        return buf[:size]
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Iterable
 
 import numpy as np
@@ -113,7 +112,7 @@ class SGD(Optimizer):
             buf = buf.reshape(-1)
         n = data.size
         chunk = CHUNK_ELEMENTS
-        t0 = self._chunk_temp(data.dtype, 0, min(n, chunk))
+        t0 = self._flat_temp(data.dtype, 0, min(n, chunk))
         if buf is not None and not first and dampening == 0 and not nesterov and wd == 0 and not maximize:
             # The usual configuration (momentum only), inlined: the Python cost per slice
             # holds the GIL, which the other kernel thread waits for.
@@ -125,23 +124,13 @@ class SGD(Optimizer):
                 np.multiply(b, lr, out=t)
                 data[lo:lo + chunk] -= t
             return
-        t1 = self._chunk_temp(data.dtype, 1, min(n, chunk)) if (nesterov or dampening != 0) else None
+        t1 = self._flat_temp(data.dtype, 1, min(n, chunk)) if (nesterov or dampening != 0) else None
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
             m = hi - lo
             _update_chunk(data[lo:hi], grad[lo:hi], None if buf is None else buf[lo:hi], first,
                           t0[:m], None if t1 is None else t1[:m],
                           lr, momentum, dampening, wd, nesterov, maximize)
-
-    def _chunk_temp(self, dtype, slot: int, size: int) -> np.ndarray:
-        """A flat scratch array of ``size`` elements (slot 0 or 1), this thread's own; shares
-        the optimizer's scratch store with ``_temp``."""
-        key = (np.dtype(dtype), slot, threading.get_ident())
-        buf = self._scratch.get(key)
-        if buf is None or buf.size < size:
-            buf = np.empty(size, dtype=dtype)
-            self._scratch[key] = buf
-        return buf[:size]
 
 
 def _update_chunk(p, grad, buf, first, t0, t1, lr, momentum, dampening, wd, nesterov, maximize) -> None:
