@@ -186,6 +186,21 @@ def small_c_weight_grad(g, xt, weight_shape, geo, block: int = 1, bias_grad: boo
 
 
 # ------------------------------------------------------------------ channels-first columns
+def _cf_columns(x: np.ndarray, kernel, geo: dict, ones: bool) -> np.ndarray:
+    """Channels-first columns (K (+1), M) of an NCHW batch chunk (a workspace array); with
+    ``ones`` a last row of ones, which carries the bias through the GEMM (forward: bias as
+    the weight's last row; weight gradient: the bias gradient as the result's last row)."""
+    n, c = x.shape[:2]
+    (kh, kw), (ho, wo) = kernel, geo["out_hw"]
+    k = c * kh * kw
+    cols = workspace.get("conv_cols", (k + ones, n * ho * wo), x.dtype)
+    im2col_channels_first(x, (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo),
+                          cols[:k].reshape(c, kh, kw, n, ho, wo))
+    if ones:
+        cols[k] = 1
+    return cols
+
+
 def _cf_conv(xt, weight, geo, bias=None, relu: bool = False) -> np.ndarray:
     """Forward with channels-first columns (K, M): few input channels (first layers)."""
     n = xt.shape[0]
@@ -205,13 +220,8 @@ def _cf_conv(xt, weight, geo, bias=None, relu: bool = False) -> np.ndarray:
 
     def run(start, stop):
         for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
-            m = (n1 - n0) * ho * wo
-            cols = workspace.get("conv_cols", (k + ones, m), xt.dtype)
-            im2col_channels_first(x[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo),
-                                  cols[:k].reshape(c, kh, kw, n1 - n0, ho, wo))
-            if ones:
-                cols[k] = 1
-            dst = out[n0:n1].reshape(m, o)
+            cols = _cf_columns(x[n0:n1], (kh, kw), geo, ones)
+            dst = out[n0:n1].reshape(cols.shape[1], o)
             np.matmul(cols.T, wmat, out=dst)
             finish_output(dst, None, relu)
 
@@ -230,12 +240,7 @@ def _cf_weight_grad(g, xt, weight_shape, geo, ones: bool = False) -> np.ndarray:
     per_sample = ho * wo * k * xt.itemsize
 
     def part(n0, n1):
-        m = (n1 - n0) * ho * wo
-        cols = workspace.get("conv_cols", (k + ones, m), xt.dtype)
-        im2col_channels_first(x[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo),
-                              cols[:k].reshape(c, kh, kw, n1 - n0, ho, wo))
-        if ones:
-            cols[k] = 1
-        return cols @ g[n0:n1].reshape(m, o)                                 # (K (+1), O)
+        cols = _cf_columns(x[n0:n1], (kh, kw), geo, ones)
+        return cols @ g[n0:n1].reshape(cols.shape[1], o)                     # (K (+1), O)
 
     return parallel_sum(n, part, per_sample, CHUNK_BYTES)
