@@ -17,6 +17,7 @@ _EXPORTS = {
     "is_grad_enabled": "nn.module",
     "save": "io.checkpoint",
     "load": "io.checkpoint",
+    "empty_cache": "nn._recycle",
 }
 _SUBPACKAGES = {"nn", "optim", "data", "train", "io", "models", "cli", "plots", "predict", "finetune"}
 

@@ -28,7 +28,7 @@ from ._epilogue import finish_output
 from ._im2col import col2im, col2im_tap_major, im2col, tap_pairs
 from ._small_channel_conv import small_c_block, small_c_conv, small_c_weight_grad
 from ._parallel import parallel_for
-from . import _winograd as wino
+from . import _recycle, _winograd as wino
 
 #: Target size of one chunk's column matrix; at least one sample per chunk.
 CHUNK_BYTES = 8 << 20
@@ -130,7 +130,7 @@ def _pointwise_conv(xt: np.ndarray, weight: np.ndarray, bias: np.ndarray | None 
     o = weight.shape[0]
     x2d = xt.reshape(n * h * w, c)
     wmat = weight.reshape(o, c).T                                         # (C, O) view
-    out = np.empty((n, h, w, o), dtype=xt.dtype)
+    out = _recycle.empty((n, h, w, o), dtype=xt.dtype)
     out2d = out.reshape(n * h * w, o)
 
     def run(start, stop):
@@ -148,7 +148,7 @@ def _gemm_conv(xt, wk, wshape, groups, geo, bias=None, relu: bool = False) -> np
     o, cg, kh, kw = wshape
     ho, wo = geo["out_hw"]
     og, k = o // groups, kh * kw * cg
-    out = np.empty((n, ho, wo, o), dtype=xt.dtype)
+    out = _recycle.empty((n, ho, wo, o), dtype=xt.dtype)
     per_sample = groups * ho * wo * k * xt.itemsize
 
     def run(start, stop):
@@ -248,7 +248,7 @@ def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: di
         tgeo = dict(kernel=(kh, kw), stride=(1, 1), dilation=(dh, dw), pads=pads, out_hw=(h, w))
         return _gemm_conv(g, wmat, (c, og, kh, kw), groups, tgeo)
     k = kh * kw * cg
-    gx = np.empty((n, h, w, c), dtype=g.dtype)
+    gx = _recycle.empty((n, h, w, c), dtype=g.dtype)
     per_sample = groups * ho * wo * k * g.itemsize
     if groups == 1 and c <= TAP_MAJOR_MAX_C:
         # Few input channels: columns in tap-major order, a batched GEMM per tap.
@@ -359,7 +359,7 @@ def _depthwise_rows(xt: np.ndarray, weight: np.ndarray, geo: dict, bias: np.ndar
     # (taps, Wo*C): row (i*kw + j) is weight[:, 0, i, j] repeated Wo times.
     wrow = np.ascontiguousarray(
         np.broadcast_to(weight.reshape(c, kh * kw).T[:, None, :], (kh * kw, wo, c))).reshape(kh * kw, wo * c)
-    out = np.empty((n, ho, wo, c), dtype=xt.dtype)
+    out = _recycle.empty((n, ho, wo, c), dtype=xt.dtype)
     full = bool(taps) and taps[0][3] == (0, ho) and taps[0][4] == (0, wo)
     row_bytes = n * wo * c * xt.itemsize
     step = max(1, DEPTHWISE_CHUNK_BYTES // row_bytes)
@@ -397,7 +397,7 @@ def _depthwise_multiplier(xt: np.ndarray, weight: np.ndarray, geo: dict,
     o, _, kh, kw = weight.shape
     mult = o // c
     ho, wo = geo["out_hw"]
-    out = np.empty((n, ho, wo, c, mult), dtype=xt.dtype)
+    out = _recycle.empty((n, ho, wo, c, mult), dtype=xt.dtype)
     wv = np.ascontiguousarray(weight.reshape(c, mult, kh * kw).transpose(2, 0, 1))  # (taps, C, mult)
     taps = list(_depthwise_taps(geo, h, w))
     full = (slice(0, ho), slice(0, wo))
@@ -438,7 +438,7 @@ def depthwise_backward(g, xt, weight, geo, need_input_grad, need_weight_grad):
     ho, wo = geo["out_hw"]
     g5 = g.reshape(n, ho, wo, c, mult)
     wv = np.ascontiguousarray(weight.reshape(c, mult, kh * kw).transpose(2, 0, 1))  # (taps, C, mult)
-    gx = np.zeros((n, h, w, c), dtype=xt.dtype) if need_input_grad else None
+    gx = _recycle.zeros((n, h, w, c), dtype=xt.dtype) if need_input_grad else None
     taps = list(_depthwise_taps(geo, h, w))
     per_sample = max(ho * wo * o, h * w * c) * xt.itemsize
     step = max(1, DEPTHWISE_CHUNK_BYTES // per_sample)

@@ -29,6 +29,8 @@ from typing import Callable
 
 import numpy as np
 
+from . import _recycle
+
 #: Below this many bytes of work a layer runs serially (pool dispatch costs ~50 us).
 MIN_PARALLEL_BYTES = 1 << 20
 
@@ -198,7 +200,7 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.ndim != 2 or b.ndim != 2:
         return np.matmul(a, b)
     m, n = a.shape[0], b.shape[1]
-    out = np.empty((m, n), dtype=np.result_type(a, b))
+    out = _recycle.empty((m, n), dtype=np.result_type(a, b))
     work = a.nbytes + b.nbytes + out.nbytes
     if 4 * m <= n and a.shape[1] >= 128 and b.T.flags.c_contiguous and not b.flags.c_contiguous and out.size:
         bt, at = b.T, a.T

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._im2col import nchw, nhwc, pair, pool_output_size, tap_windows
+from . import _recycle
 from ._parallel import parallel_for
 
 
@@ -71,11 +72,11 @@ def max_pool2d_forward(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_
     ho, wo = geo["out_hw"]
     xt = nhwc(x)
     taps = [(t, o, i) for t, o, i in _taps(geo)]
-    out = np.empty((n, ho, wo, c), dtype=x.dtype)
+    out = _recycle.empty((n, ho, wo, c), dtype=x.dtype)
     idx = None
     if keep_cache:
         ntaps = geo["kernel"][0] * geo["kernel"][1]
-        idx = np.empty((n, ho, wo, c), dtype=np.uint8 if ntaps <= 256 else np.int32)
+        idx = _recycle.empty((n, ho, wo, c), dtype=np.uint8 if ntaps <= 256 else np.int32)
 
     def run(a, b):
         src = [(t, o, xt[a:b, i[0], i[1]]) for t, o, i in taps]
@@ -131,7 +132,7 @@ def max_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     """Gradient of ``max_pool2d_forward``: each output's gradient goes to its winning tap."""
     idx, geo, (n, c, h, w) = cache
     g = nhwc(grad_out)
-    fresh = np.empty if geo["disjoint"] and geo["tiles"] else np.zeros
+    fresh = _recycle.empty if geo["disjoint"] and geo["tiles"] else _recycle.zeros
     gx = fresh((n, h, w, c), dtype=grad_out.dtype)
     taps = list(_taps(geo))
 
@@ -182,7 +183,7 @@ def avg_pool2d_forward(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_
     inv = _avg_divisor(geo, count_include_pad)
     inv = x.dtype.type(inv) if np.isscalar(inv) else inv.astype(x.dtype)
     taps = [(o, i) for _, o, i in _taps(geo)]
-    out = np.empty((n, ho, wo, c), dtype=x.dtype)
+    out = _recycle.empty((n, ho, wo, c), dtype=x.dtype)
 
     def run(a, b):
         dst_all = out[a:b]
@@ -284,7 +285,7 @@ def adaptive_avg_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     g = nhwc(grad_out)
     if kind == "global":
         n, c, h, w = data
-        gx = np.empty((n, h, w, c), dtype=grad_out.dtype)
+        gx = _recycle.empty((n, h, w, c), dtype=grad_out.dtype)
         gx[...] = g * grad_out.dtype.type(1.0 / (h * w))
         return nchw(gx)
     (n, c, h, w), ph, pw = data

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import _recycle
 from ._buffers import batch_chunks, workspace
 from ._epilogue import finish_output
 from ._im2col import im2col_channels_first, nchw, pad_nhwc
@@ -143,7 +144,7 @@ def small_c_conv(xt, weight, geo, bias=None, block: int = 1, relu: bool = False)
     j, cf = _plan(xt, weight.shape, geo, p)
     wb = _block_weight(weight, p, j, cf, geo)                              # (K', P*O)
     brow = None if bias is None else np.tile(bias, p)
-    out = np.empty((n, ho, wo, o), dtype=xt.dtype)
+    out = _recycle.empty((n, ho, wo, o), dtype=xt.dtype)
     per_sample = ho * (wo // p) * wb.shape[0] * xt.itemsize
 
     def run(start, stop):
@@ -215,7 +216,7 @@ def _cf_conv(xt, weight, geo, bias=None, relu: bool = False) -> np.ndarray:
     if ones:
         wmat = np.concatenate([wmat, bias.reshape(1, o)])                  # (K + 1, O)
     x = nchw(xt)
-    out = np.empty((n, ho, wo, o), dtype=xt.dtype)
+    out = _recycle.empty((n, ho, wo, o), dtype=xt.dtype)
     per_sample = ho * wo * (k + ones) * xt.itemsize
 
     def run(start, stop):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import _recycle
 from ._buffers import workspace
 from ._epilogue import finish_output
 from ._im2col import pad_nhwc
@@ -126,7 +127,7 @@ def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None, flipp
     ho, wo = out_hw
     th, tw = -(-ho // 2), -(-wo // 2)
     kb, _, ka = _consts(xt.dtype, flipped)
-    out = np.empty((n, ho, wo, o), dtype=xt.dtype)
+    out = _recycle.empty((n, ho, wo, o), dtype=xt.dtype)
     per_sample = 16 * th * tw * max(c, o) * xt.itemsize
     step = max(1, CHUNK_BYTES // per_sample, -(-MIN_CHUNK_TILES // (th * tw)))
 

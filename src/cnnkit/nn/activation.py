@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _recycle
 from ._parallel import parallel_for
 from .functional import log_softmax, softmax  # the kernels live in functional.py
 from .module import Module, is_grad_enabled
@@ -94,8 +95,8 @@ class ReLU(_Activation):
             self._cache = x if is_grad_enabled() else None
             return x
         # Inside no_grad() the cache is dropped right after forward: do not build the mask.
-        mask = np.empty_like(x, dtype=bool) if is_grad_enabled() else None
-        out = np.empty_like(x)  # same memory layout as x (e.g. NHWC under an NCHW view)
+        mask = _recycle.empty_like(x, dtype=bool) if is_grad_enabled() else None
+        out = _recycle.empty_like(x)  # same memory layout as x (e.g. NHWC under an NCHW view)
 
         def run(start, stop):
             part = slice(start, stop) if x.ndim else ()
@@ -112,7 +113,7 @@ class ReLU(_Activation):
         # cache: a bool mask, or the (in-place) output, whose positive entries are the mask.
         if grad_out.shape != cache.shape:
             return grad_out * (cache if cache.dtype == bool else cache > 0)
-        gx = grad_out if _in_place(self, grad_out) else np.empty_like(grad_out)
+        gx = grad_out if _in_place(self, grad_out) else _recycle.empty_like(grad_out)
 
         def run(start, stop):
             part = slice(start, stop) if gx.ndim else ()

@@ -47,6 +47,17 @@ def _backward_child(module: Module, grad: np.ndarray, need_input_grad: bool) -> 
     return None
 
 
+def _release_cache(module: Module) -> None:
+    """Drop what a leaf layer saved for its backward, once that backward has run.
+
+    Why: as PyTorch frees its graph after ``backward()``, the activations a step kept are
+    released layer by layer during the backward pass instead of living on until the next
+    forward: the next layers' gradients can reuse that memory (``_recycle``), and nothing
+    is held between steps. A second ``backward()`` needs a new forward (the layer says so)."""
+    if "_cache" in module.__dict__:
+        module.__dict__["_cache"] = None
+
+
 class _one_call:
     """Set hand-over flags on ``module`` for the length of one call (only the true ones),
     and clear them afterwards, even when the call raises. The flags Sequential uses:
@@ -218,12 +229,15 @@ class Sequential(_Container):
             g_in = g
             with _one_call(children[i], _input_is_scratch=_takes_scratch(children[i], g_is_scratch)):
                 g = _backward_child(children[i], g, child_needs)
+            _release_cache(children[i])
             g_is_scratch = _is_private(children[i], children[i].returns_fresh_input_grad, g, g_in)
             if child_needs and g is None and i > 0:
                 raise RuntimeError(
                     f"Sequential: layer {list(self._modules)[i]} ({type(children[i]).__name__}) returned "
                     f"no input gradient (its needs_input_grad is False) but earlier layers need one"
                 )
+        for child in children[:start]:         # skipped: their saved arrays are not needed either
+            _release_cache(child)
         return g if need else None
 
 

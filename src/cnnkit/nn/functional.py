@@ -40,6 +40,7 @@ __all__ = [
     "get_num_threads", "set_num_threads", "parallel_matmul",
 ]
 
+from . import _recycle
 from ._conv_kernels import (column_sums, depthwise_backward, depthwise_forward, gemm_conv_forward,
                             gemm_conv_input_grad, gemm_conv_param_grads)
 from ._parallel import get_num_threads, parallel_matmul, set_num_threads
@@ -160,7 +161,8 @@ def pad2d(x: np.ndarray, padding: tuple[int, int, int, int], value: float = 0.0)
     ho, wo = h + top + bottom, w + left + right
     if ho < 1 or wo < 1:
         raise ValueError(f"pad2d: padding {padding} leaves an empty output for input {x.shape}")
-    out = np.full((n, ho, wo, c), value, dtype=x.dtype) if value else np.zeros((n, ho, wo, c), x.dtype)
+    out = _recycle.empty((n, ho, wo, c), x.dtype)
+    out.fill(value)
     src, dst = _pad_slices(h, w, left, right, top, bottom)
     out[:, dst[0], dst[1]] = _nhwc(x)[:, src[0], src[1]]
     return _nchw(out)
@@ -179,7 +181,7 @@ def pad2d_backward(grad_out: np.ndarray, in_shape: tuple[int, ...],
     left, right, top, bottom = (int(p) for p in padding)
     n, c, h, w = in_shape
     src, dst = _pad_slices(h, w, left, right, top, bottom)
-    gx = np.zeros((n, h, w, c), dtype=grad_out.dtype)
+    gx = _recycle.zeros((n, h, w, c), dtype=grad_out.dtype)
     gx[:, src[0], src[1]] = _nhwc(grad_out)[:, dst[0], dst[1]]
     return _nchw(gx)
 

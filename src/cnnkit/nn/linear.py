@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import _parallel, init
+from . import _parallel, _recycle, init
 from ._conv_kernels import column_sums
 from ._parallel import get_num_threads, parallel_for, parallel_matmul, split
 from .module import DEFAULT_DTYPE, Module, Parameter
@@ -38,8 +38,8 @@ def _two_matmuls(a1: np.ndarray, b1: np.ndarray, a2: np.ndarray, b2: np.ndarray)
     threads = get_num_threads()
     if threads == 1 or work < _parallel.MIN_PARALLEL_BYTES:
         return a1 @ b1, a2 @ b2            # small layers: no pool, no Python block loop
-    out1 = np.empty((a1.shape[0], b1.shape[1]), dtype=np.result_type(a1, b1))
-    out2 = np.empty((a2.shape[0], b2.shape[1]), dtype=np.result_type(a2, b2))
+    out1 = _recycle.empty((a1.shape[0], b1.shape[1]), dtype=np.result_type(a1, b1))
+    out2 = _recycle.empty((a2.shape[0], b2.shape[1]), dtype=np.result_type(a2, b2))
     per = max(1, threads // 2)             # threads (column blocks) per product
     blocks = [(a1, b1, out1, lo, hi) for lo, hi in split(b1.shape[1], per)]
     blocks += [(a2, b2, out2, lo, hi) for lo, hi in split(b2.shape[1], per)]
@@ -165,7 +165,7 @@ def _flatten_small_nhwc(x: np.ndarray) -> np.ndarray | None:
     if hw > 4 or x.size == 0 or x.flags.c_contiguous or not x.transpose(0, 2, 3, 1).flags.c_contiguous:
         return None
     src = x.transpose(0, 2, 3, 1).reshape(n, hw, c)      # a view: the memory is NHWC
-    out = np.empty((n, c, hw), dtype=x.dtype)
+    out = _recycle.empty((n, c, hw), dtype=x.dtype)
 
     def run(a, b):
         for i in range(hw):

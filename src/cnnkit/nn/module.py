@@ -237,7 +237,9 @@ class Module:
         """Return ``cache`` or raise the error for a backward with no forward before it."""
         if cache is None:
             raise RuntimeError(
-                f"{self._short_name()}: backward() called before forward(); run a forward pass first"
+                f"{self._short_name()}: backward() called before forward(), or twice after one "
+                f"forward (a Sequential frees its layers' saved arrays in backward(), as PyTorch "
+                f"frees its graph); run a forward pass first"
             )
         return cache
 

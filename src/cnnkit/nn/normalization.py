@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _recycle
 from .module import DEFAULT_DTYPE, Module, Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]
@@ -32,7 +33,7 @@ def _eval_affine_channels_last(x: np.ndarray, mean: np.ndarray, scale: np.ndarra
     rows = x.transpose(0, 2, 3, 1).reshape(n * h, w * c)
     mean_row, scale_row = np.tile(mean, w), np.tile(scale, w)
     shift_row = None if shift is None else np.tile(shift, w)
-    out = np.empty((n, h, w, c), dtype=x.dtype)
+    out = _recycle.empty((n, h, w, c), dtype=x.dtype)
     out_rows = out.reshape(n * h, w * c)
     step = max(1, EVAL_BLOCK_BYTES // (w * c * x.itemsize))
     for r0 in range(0, n * h, step):
