@@ -28,7 +28,7 @@ from ._epilogue import finish_output
 from ._im2col import col2im, col2im_tap_major, im2col, tap_pairs
 from ._small_channel_conv import small_c_block, small_c_conv, small_c_weight_grad
 from ._parallel import parallel_for
-from . import _recycle, _winograd as wino
+from . import _gemm, _recycle, _winograd as wino
 
 #: Target size of one chunk's column matrix; at least one sample per chunk.
 CHUNK_BYTES = 8 << 20
@@ -77,13 +77,17 @@ def narrow_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     blocks small enough for its unpacked small-matrix kernel (one batched call, no Python
     loop), the same product can run faster: the input gradient of conv4's 32 -> 64 layer
     (K = 576, N = 32) went 6.7 -> 5.9 ms on one core, 3.7 -> 3.3 ms on two. Wider or
-    shallower products keep the single call, which is as fast or faster for them."""
+    shallower products keep the single call, which is as fast or faster for them.
+
+    MKL (``_gemm``) runs narrow products well in one call: the stack measured the same
+    there (conv4's (2744, 576) @ (576, 32): 0.75 ms either way, against 0.88 ms stacked
+    on OpenBLAS), so with MKL the product is one call."""
     m, k = a.shape
     n = b.shape[1]
     rows = (SMALL_GEMM_MACS // max(k * n, 1)) // 16 * 16
-    if (n > NARROW_N or k < NARROW_MIN_K or rows < 16 or m < 2 * rows
+    if (n > NARROW_N or k < NARROW_MIN_K or rows < 16 or m < 2 * rows or _gemm.mkl_active()
             or not (a.flags.c_contiguous and out.flags.c_contiguous)):
-        return np.matmul(a, b, out=out)
+        return _gemm.matmul(a, b, out=out)
     full = m - m % rows
     b = np.ascontiguousarray(b)  # the small kernel is slow on a transposed b (measured 1.3x)
     np.matmul(a[:full].reshape(-1, rows, k), b, out=out[:full].reshape(-1, rows, n))
@@ -135,7 +139,7 @@ def _pointwise_conv(xt: np.ndarray, weight: np.ndarray, bias: np.ndarray | None 
 
     def run(start, stop):
         dst = out2d[start:stop]
-        np.matmul(x2d[start:stop], wmat, out=dst)
+        _gemm.matmul(x2d[start:stop], wmat, out=dst)
         finish_output(dst, bias, relu)
 
     parallel_for(x2d.shape[0], run, x2d.nbytes + out2d.nbytes)
@@ -160,7 +164,8 @@ def _gemm_conv(xt, wk, wshape, groups, geo, bias=None, relu: bool = False) -> np
             if groups == 1:
                 narrow_matmul(cols.reshape(m, k), wk[0], dst)
             else:
-                np.matmul(cols.reshape(groups, m, k), wk, out=dst.reshape(m, groups, og).transpose(1, 0, 2))
+                groups_out = dst.reshape(m, groups, og).transpose(1, 0, 2)           # (G, M, Og) view
+                _gemm.matmul(cols.reshape(groups, m, k), wk, out=groups_out)
             finish_output(dst, bias, relu)
 
     parallel_for(n, run, n * per_sample)
@@ -199,7 +204,7 @@ def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: i
             cols = workspace.get("conv_cols", (groups, n1 - n0, ho, wo, kh, kw, cg), xt.dtype)
             im2col(xt[n0:n1], (kh, kw), geo["stride"], geo["dilation"], geo["pads"], (ho, wo), groups, out=cols)
             g3 = g[n0:n1].reshape(m, groups, og).transpose(1, 2, 0)          # (G, Og, M) view
-            part = np.matmul(g3, cols.reshape(groups, m, k))                  # (G, Og, K)
+            part = _gemm.matmul(g3, cols.reshape(groups, m, k))               # (G, Og, K)
             if gwk is None:
                 gwk = part
             else:
@@ -258,6 +263,8 @@ def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: di
             for n0, n1 in _chunks(start, stop, per_sample):
                 m = (n1 - n0) * ho * wo
                 tcols = workspace.get("conv_cols", (kh, kw, n1 - n0, ho, wo, c), g.dtype)
+                # np.matmul, not _gemm: this product writes kh*kw times more than it
+                # reads and MKL ran it no faster (seed-000, lenet: 0.98-1.02x).
                 np.matmul(g[n0:n1].reshape(1, m, o), wt, out=tcols.reshape(kh * kw, m, c))
                 col2im_tap_major(tcols, (h, w), geo["stride"], geo["dilation"], geo["pads"], out=gx[n0:n1])
 
@@ -270,7 +277,7 @@ def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: di
             m = (n1 - n0) * ho * wo
             gcols = workspace.get("conv_cols", (groups, n1 - n0, ho, wo, kh, kw, cg), g.dtype)
             g3 = g[n0:n1].reshape(m, groups, og).transpose(1, 0, 2)           # (G, M, Og) view
-            np.matmul(g3, wk, out=gcols.reshape(groups, m, k))
+            _gemm.matmul(g3, wk, out=gcols.reshape(groups, m, k))
             col2im(gcols, (h, w), geo["stride"], geo["dilation"], geo["pads"], out=gx[n0:n1])
 
     parallel_for(n, run, n * per_sample)

@@ -9,7 +9,9 @@ NumPy's OpenBLAS is set to one thread per call the first time the pool runs, and
 parallel region: after a multi-threaded call OpenBLAS's idle workers spin for ~0.1 s, and
 they then compete with the pool for the cores - measured: a conv4 training step took 1.8x
 the CPU time of the serial run with the BLAS restored between regions, 1.3x without.
-GEMMs outside the kernels (e.g. a Linear layer) can use ``parallel_matmul``.
+GEMMs outside the kernels (e.g. a Linear layer) can use ``parallel_matmul``. With the
+optional MKL installed, the GEMMs that run on one BLAS thread go to its sequential
+``cblas_sgemm`` instead (``_gemm``, ``blas_single_threaded``).
 
 Fallback: when the OpenBLAS library of NumPy cannot be found (another BLAS, another
 build), or when one thread is configured, everything runs serially in the caller.
@@ -29,7 +31,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import _recycle
+# _gemm imports this module too: it asks ``blas_single_threaded`` at call time only.
+from . import _gemm, _recycle
 
 #: Below this many bytes of work a layer runs serially (pool dispatch costs ~50 us).
 MIN_PARALLEL_BYTES = 1 << 20
@@ -132,6 +135,15 @@ def _single_threaded_blas() -> None:
         _blas[0](1)
 
 
+def blas_single_threaded() -> bool:
+    """Whether a GEMM called here and now would run on one BLAS thread: inside a parallel
+    region (the pool set NumPy's BLAS to one thread), or when that BLAS is set to one
+    thread. A sequential GEMM library (``_gemm``) only replaces NumPy's where this holds."""
+    if getattr(_in_region, "active", False):
+        return True
+    return _blas is not None and _blas[1]() == 1
+
+
 def parallel_for(n: int, fn: Callable[[int, int], object], work_bytes: int) -> list:
     """Call ``fn(start, stop)`` on contiguous parts of range(n), one per thread; returns
     the results in order. Serial when the work is small, when only one thread is
@@ -198,7 +210,7 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     With more rows it is slower; with a short inner dimension the GEMM is cheap and the
     transposed copy dominates (the Winograd weight transform, K = 9, took 1.35x as long)."""
     if a.ndim != 2 or b.ndim != 2:
-        return np.matmul(a, b)
+        return _gemm.matmul(a, b)
     m, n = a.shape[0], b.shape[1]
     out = _recycle.empty((m, n), dtype=np.result_type(a, b))
     work = a.nbytes + b.nbytes + out.nbytes
@@ -206,16 +218,16 @@ def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         bt, at = b.T, a.T
 
         def run(start, stop):
-            block = np.matmul(bt[start:stop], at)          # (stop - start, M)
+            block = _gemm.matmul(bt[start:stop], at)          # (stop - start, M)
             out[:, start:stop] = block.T
 
         parallel_for(n, run, work)
     elif n >= m:
         def run(start, stop):
-            np.matmul(a, b[:, start:stop], out=out[:, start:stop])
+            _gemm.matmul(a, b[:, start:stop], out=out[:, start:stop])
         parallel_for(n, run, work)
     else:
         def run(start, stop):
-            np.matmul(a[start:stop], b, out=out[start:stop])
+            _gemm.matmul(a[start:stop], b, out=out[start:stop])
         parallel_for(m, run, work)
     return out

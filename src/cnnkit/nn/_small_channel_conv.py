@@ -27,6 +27,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import _recycle
 from ._buffers import batch_chunks, workspace
+from . import _gemm
 from ._epilogue import finish_output
 from ._im2col import im2col_channels_first, nchw, pad_nhwc
 from ._parallel import parallel_for, parallel_sum
@@ -151,7 +152,7 @@ def small_c_conv(xt, weight, geo, bias=None, block: int = 1, relu: bool = False)
         for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
             cols = block_columns(xt[n0:n1], geo, p, j, cf)
             dst = out[n0:n1].reshape(cols.shape[0], p * o)
-            np.matmul(cols, wb, out=dst)
+            _gemm.matmul(cols, wb, out=dst)
             finish_output(dst, brow, relu)
 
     parallel_for(n, run, n * per_sample)
@@ -178,7 +179,7 @@ def small_c_weight_grad(g, xt, weight_shape, geo, block: int = 1, bias_grad: boo
 
     def part(n0, n1):
         cols = block_columns(xt[n0:n1], geo, p, j, cf, ones=bias_grad)
-        return cols.T @ g[n0:n1].reshape(cols.shape[0], p * o)          # (K' (+1), P*O)
+        return _gemm.matmul(cols.T, g[n0:n1].reshape(cols.shape[0], p * o))  # (K' (+1), P*O)
 
     acc = parallel_sum(n, part, per_sample, CHUNK_BYTES)
     k = acc.shape[0] - bias_grad
@@ -223,7 +224,7 @@ def _cf_conv(xt, weight, geo, bias=None, relu: bool = False) -> np.ndarray:
         for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
             cols = _cf_columns(x[n0:n1], (kh, kw), geo, ones)
             dst = out[n0:n1].reshape(cols.shape[1], o)
-            np.matmul(cols.T, wmat, out=dst)
+            _gemm.matmul(cols.T, wmat, out=dst)
             finish_output(dst, None, relu)
 
     parallel_for(n, run, n * per_sample)
@@ -242,6 +243,6 @@ def _cf_weight_grad(g, xt, weight_shape, geo, ones: bool = False) -> np.ndarray:
 
     def part(n0, n1):
         cols = _cf_columns(x[n0:n1], (kh, kw), geo, ones)
-        return cols @ g[n0:n1].reshape(cols.shape[1], o)                     # (K (+1), O)
+        return _gemm.matmul(cols, g[n0:n1].reshape(cols.shape[1], o))        # (K (+1), O)
 
     return parallel_sum(n, part, per_sample, CHUNK_BYTES)

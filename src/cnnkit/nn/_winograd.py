@@ -23,6 +23,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import _recycle
 from ._buffers import workspace
+from . import _gemm
 from ._epilogue import finish_output
 from ._im2col import pad_nhwc
 from ._parallel import parallel_for, parallel_matmul, parallel_sum
@@ -108,7 +109,7 @@ def _input_tiles(x: np.ndarray, pads, th: int, tw: int, name: str, kb: np.ndarra
     d = workspace.get("wino_d", (16, n * th * tw * c), x.dtype)
     np.copyto(d.reshape(4, 4, n, th, tw, c), _tiles(xp, th, tw, 4, 2))
     v = workspace.get(name, (16, n * th * tw, c), x.dtype)
-    np.matmul(kb, d, out=v.reshape(16, -1))
+    _gemm.matmul(kb, d, out=v.reshape(16, -1))
     return v
 
 
@@ -139,9 +140,9 @@ def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None, flipp
             # Scratch reuse: the raw tiles are dead once transformed, the transformed tiles
             # once multiplied (memory: the buffers exist per thread).
             m = workspace.get("wino_d", (16, t, o), xt.dtype)
-            np.matmul(v, wt, out=m)
+            _gemm.matmul(v, wt, out=m)
             y = workspace.get("wino_v", (4, t * o), xt.dtype)
-            np.matmul(ka, m.reshape(16, t * o), out=y)
+            _gemm.matmul(ka, m.reshape(16, t * o), out=y)
             y6 = y.reshape(2, 2, n1 - n0, th, tw, o)
             dst = out[n0:n1]
             if ho == 2 * th and wo == 2 * tw:
@@ -174,9 +175,9 @@ def winograd_weight_grad(g: np.ndarray, xt: np.ndarray, pads) -> np.ndarray:
         gd = workspace.get("wino_gd", (4, t * o), xt.dtype)
         np.copyto(gd.reshape(2, 2, n1 - n0, th, tw, o), _tiles(gp, th, tw, 2, 2))
         gt = workspace.get("wino_d", (16, t, o), xt.dtype)   # the raw tiles are dead
-        np.matmul(ka.T, gd, out=gt.reshape(16, t * o))
-        return np.matmul(v.transpose(0, 2, 1), gt)                # (16, C, O)
+        _gemm.matmul(ka.T, gd, out=gt.reshape(16, t * o))
+        return _gemm.matmul(v.transpose(0, 2, 1), gt)             # (16, C, O)
 
     s = parallel_sum(n, part, per_sample, step * per_sample)
-    gw = kg.T @ s.reshape(16, c * o)                           # (9, C*O)
+    gw = _gemm.matmul(kg.T, s.reshape(16, c * o))                  # (9, C*O)
     return np.ascontiguousarray(gw.reshape(3, 3, c, o).transpose(3, 2, 0, 1))

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import _parallel, _recycle, init
+from . import _gemm, _parallel, _recycle, init
 from ._conv_kernels import column_sums
 from ._parallel import get_num_threads, parallel_for, parallel_matmul, split
 from .module import DEFAULT_DTYPE, Module, Parameter
@@ -37,7 +37,8 @@ def _two_matmuls(a1: np.ndarray, b1: np.ndarray, a2: np.ndarray, b2: np.ndarray)
                a2.nbytes + b2.nbytes + a2.shape[0] * b2.shape[1] * a2.itemsize)
     threads = get_num_threads()
     if threads == 1 or work < _parallel.MIN_PARALLEL_BYTES:
-        return a1 @ b1, a2 @ b2            # small layers: no pool, no Python block loop
+        # Small layers: no pool, no Python block loop.
+        return _gemm.matmul(a1, b1), _gemm.matmul(a2, b2)
     out1 = _recycle.empty((a1.shape[0], b1.shape[1]), dtype=np.result_type(a1, b1))
     out2 = _recycle.empty((a2.shape[0], b2.shape[1]), dtype=np.result_type(a2, b2))
     per = max(1, threads // 2)             # threads (column blocks) per product
@@ -46,7 +47,7 @@ def _two_matmuls(a1: np.ndarray, b1: np.ndarray, a2: np.ndarray, b2: np.ndarray)
 
     def run(start, stop):
         for a, b, out, lo, hi in blocks[start:stop]:
-            np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+            _gemm.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
 
     parallel_for(len(blocks), run, work)
     return out1, out2
