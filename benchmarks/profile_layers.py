@@ -5,6 +5,7 @@ measured in the same run.
 
     python benchmarks/profile_layers.py --model vgg_cifar --batch 64
     OPENBLAS_NUM_THREADS=1 python benchmarks/profile_layers.py --threads 1 --clock thread
+    python benchmarks/profile_layers.py --model conv4 --blas-compare   # NumPy vs MKL GEMMs
 
 Times are medians of ``--repeats`` calls. Layers are timed in isolation on the
 activations of a real forward pass, so caches are warm for both libraries alike.
@@ -34,6 +35,43 @@ def median_time(fn, repeats: int) -> float:
         fn()
         times.append(CLOCK() - t0)
     return float(np.median(times))
+
+
+def blas_times(fn, repeats: int) -> dict:
+    """Median time of ``fn`` with the NumPy and with the MKL GEMM backend (``nn._gemm``),
+    the calls interleaved so that both see the same machine load."""
+    from cnnkit.nn import _gemm
+    times = {"numpy": [], "mkl": []}
+    for name in times:
+        _gemm.set_backend(name)
+        fn()
+    for r in range(repeats):
+        for name in (("numpy", "mkl") if r % 2 == 0 else ("mkl", "numpy")):
+            _gemm.set_backend(name)
+            t0 = CLOCK()
+            fn()
+            times[name].append(CLOCK() - t0)
+    _gemm.set_backend(None)
+    return {name: float(np.median(v)) for name, v in times.items()}
+
+
+def print_blas_table(layers, acts, grads, repeats: int) -> None:
+    """Per layer: forward and backward ms with NumPy's GEMM and with MKL's."""
+    print("| layer | output | numpy fwd ms | mkl fwd ms | numpy bwd ms | mkl bwd ms | fwd ratio | bwd ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    total = np.zeros(4)
+    for i, layer in enumerate(layers):
+        xin, gout = acts[i], grads[i]
+        tf = blas_times(lambda: layer(xin), repeats)
+        layer(xin)
+        tb = blas_times(lambda: layer.backward(gout), repeats)
+        row = [tf["numpy"], tf["mkl"], tb["numpy"], tb["mkl"]]
+        total += row
+        print(f"| {i}:{type(layer).__name__} | {tuple(acts[i + 1].shape[1:])} | "
+              + " | ".join(f"{v * 1e3:.2f}" for v in row)
+              + f" | {row[0] / row[1]:.2f} | {row[2] / row[3]:.2f} |")
+    print(f"| total | | " + " | ".join(f"{v * 1e3:.2f}" for v in total)
+          + f" | {total[0] / total[1]:.2f} | {total[2] / total[3]:.2f} |")
 
 
 def gemm_peak(repeats: int = 5) -> float:
@@ -67,6 +105,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
                     help="thread: CPU time of the calling thread, robust on a loaded machine; "
                          "only meaningful with --threads 1 and OPENBLAS_NUM_THREADS=1")
+    ap.add_argument("--blas-compare", action="store_true",
+                    help="cnnkit alone, NumPy's GEMM against MKL's (the [mkl] extra), interleaved")
     args = ap.parse_args(argv)
     global CLOCK
     CLOCK = time.thread_time if args.clock == "thread" else time.perf_counter
@@ -74,7 +114,14 @@ def main(argv=None) -> int:
     F.set_num_threads(args.threads)
 
     torch = None
-    if not args.no_torch:
+    if args.blas_compare:
+        from cnnkit.nn import _gemm
+        try:
+            _gemm.set_backend("mkl")
+        except RuntimeError as e:
+            print(f"--blas-compare needs MKL: {e}")
+            return 1
+    if not args.no_torch and not args.blas_compare:
         try:
             import torch
             torch.set_num_threads(args.threads)
@@ -98,6 +145,9 @@ def main(argv=None) -> int:
         grads[i] = g
         layers[i](acts[i])
         g = layers[i].backward(g)
+    if args.blas_compare:
+        print_blas_table(layers, acts, grads, args.repeats)
+        return 0
     for i, layer in enumerate(layers):
         xin, gout = acts[i], grads[i]
 
