@@ -6,7 +6,10 @@ Why: the convolutions of small networks are GEMMs with few output columns (32-64
 (7168, 288) @ (288, 32) 100 / 143; (7168, 288) @ (288, 64) 117 / 157;
 (288, 7168) @ (7168, 32) 99 / 158; 1024^3 144 / 163. ``matmul`` is np.matmul for the
 float32 2-D and stacked 3-D products of the kernels, run by MKL when it can be, else by
-NumPy.
+NumPy. A training step at batch 64 on 2 threads (ms, NumPy / MKL): 4-conv net 77.8 / 67.1,
+VGG-style CIFAR net 192 / 158, LeNet 6.3 / 6.3 (its GEMMs are mostly below ``MIN_MACS``).
+Stacks go to ``cblas_sgemm_batch_strided``, 4-15 % faster than a loop of calls on the
+Winograd products (16, T, C) @ (16, C, O), except interleaved outputs, which it refuses.
 
 Threads: MKL is loaded with its SEQUENTIAL threading layer, because cnnkit's thread pool
 (``_parallel``) already splits the work over the cores and sets OpenBLAS to one thread.
@@ -23,7 +26,8 @@ elsewhere). Integers are 32-bit (mkl_rt's LP64 interface).
 Fallback: np.matmul, silently, for anything else: MKL not installed or not loadable,
 ``CNNKIT_BLAS=numpy`` in the environment, ``set_backend("numpy")``, other dtypes, 1-D or
 4-D operands, strides that are not row- or column-contiguous, zero-size or over-2**31
-dimensions, an ``out`` that overlaps an operand. ``backend()`` says which is in use and why.
+dimensions, an ``out`` that overlaps an operand, products of fewer than ``MIN_MACS``
+multiply-adds. ``backend()`` says which backend is in use and why.
 """
 
 from __future__ import annotations
