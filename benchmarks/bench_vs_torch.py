@@ -136,8 +136,10 @@ def main(argv=None) -> int:
     import torch
     set_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    from cnnkit.nn import _gemm
+    gemm, why = _gemm.backend()
     print(f"# cnnkit vs PyTorch {torch.__version__} (CPU, float32), {args.threads} threads, "
-          f"{args.rounds} rounds, load average {load:.1f}\n")
+          f"{args.rounds} rounds, load average {load:.1f}; cnnkit's GEMM: {gemm} ({why})\n")
     print("| model | batch | mode | cnnkit img/s | PyTorch img/s | ratio |")
     print("|---|---:|---|---:|---:|---:|")
     for name in args.models:

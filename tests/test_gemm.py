@@ -256,3 +256,10 @@ def test_conv_net_agrees_between_backends(mkl_calls):
     for m, n in zip(with_mkl, with_numpy):
         assert m.dtype == np.float32
         np.testing.assert_allclose(m, n, rtol=1e-4, atol=1e-5 * np.abs(n).max())
+
+
+def test_public_backend_name():
+    import cnnkit.nn as nn
+    name, why = nn.gemm_backend()
+    assert name in ("mkl", "numpy") and isinstance(why, str) and why
+    assert (name, why) == _gemm.backend()

@@ -18,7 +18,7 @@ _EXPORTS = {
     "Dropout": "dropout",
     "Sequential": "containers", "Concat": "containers", "Residual": "containers",
     "CrossEntropyLoss": "losses", "MSELoss": "losses", "L1Loss": "losses", "BCEWithLogitsLoss": "losses",
-    "empty_cache": "_recycle",
+    "empty_cache": "_recycle", "gemm_backend": "_gemm",
 }
 _SUBMODULES = {"functional", "init", "module", "conv", "pooling", "linear", "activation",
                "normalization", "dropout", "containers", "losses"}

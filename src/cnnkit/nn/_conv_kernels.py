@@ -34,6 +34,8 @@ from . import _gemm, _recycle, _winograd as wino
 CHUNK_BYTES = 8 << 20
 #: Inputs with at most this many channels use channels-first columns (first layers).
 SMALL_C = 4
+#: Weight-gradient column chunks grow with the kernel (see gemm_conv_param_grads) up to this.
+WGRAD_MAX_CHUNK_BYTES = 16 << 20
 #: col2im input gradients with at most this many input channels use tap-major columns.
 TAP_MAJOR_MAX_C = 32
 #: Input gradient by transposed convolution when its columns are at most this many
@@ -190,8 +192,9 @@ def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: i
             return small_c_weight_grad(g, xt, weight_shape, geo, block, bias_grad=True)
         return small_c_weight_grad(g, xt, weight_shape, geo, block), None
     per_sample = groups * ho * wo * k * xt.itemsize
-    # Every chunk adds a full (O, K) product into the gradient: for big kernels, big chunks.
-    target = max(CHUNK_BYTES, 4 * o * k * xt.itemsize)
+    # Every chunk adds a full (O, K) product into the gradient: for big kernels, bigger
+    # chunks, up to a cap on the (per-thread) scratch.
+    target = min(max(CHUNK_BYTES, 4 * o * k * xt.itemsize), WGRAD_MAX_CHUNK_BYTES)
 
     def run(start, stop):
         gwk = gb = None

@@ -45,7 +45,7 @@ import numpy as np
 
 from . import _parallel
 
-__all__ = ["matmul", "mkl_active", "backend", "set_backend"]
+__all__ = ["matmul", "mkl_active", "backend", "gemm_backend", "set_backend"]
 
 _F32 = np.dtype(np.float32)
 _INT_MAX = 2 ** 31 - 1
@@ -154,6 +154,10 @@ def backend() -> tuple[str, str]:
         if not _decided:
             _choose(None)
         return ("mkl" if _sgemm is not None else "numpy"), _reason
+
+
+#: Public name: ``cnnkit.nn.gemm_backend()``.
+gemm_backend = backend
 
 
 def set_backend(name: str | None) -> None:
