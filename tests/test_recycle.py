@@ -78,7 +78,7 @@ def test_empty_like_keeps_the_memory_layout():
     y = r.empty_like(x)
     assert y.shape == x.shape and y.strides == x.strides
     m = r.empty_like(x, dtype=bool)
-    assert r.empty_like(x, dtype=np.dtype(np.uint8)).dtype == np.uint8   # a dtype object is falsy
+    assert r.empty_like(x, dtype=np.dtype(np.uint8)).dtype == np.uint8
     assert m.shape == x.shape and m.dtype == bool and m.transpose(0, 2, 3, 1).flags.c_contiguous
     strided = np.empty((4, 64, 64, 64), np.float32)[:, ::2]
     s = r.empty_like(strided)                      # not a permuted dense array: NumPy's rule

@@ -118,7 +118,7 @@ class Recycler:
     def empty_like(self, a: np.ndarray, dtype=None) -> np.ndarray:
         """Like ``np.empty_like(a)``: same shape and the same axis order in memory (an NHWC
         array seen through an NCHW view stays NHWC underneath)."""
-        dtype = a.dtype if dtype is None else np.dtype(dtype)   # (a np.dtype is falsy)
+        dtype = a.dtype if dtype is None else np.dtype(dtype)
         if a.flags.c_contiguous:
             return self.empty(a.shape, dtype)
         order = sorted(range(a.ndim), key=lambda ax: -a.strides[ax])
