@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_vs_torch import interleaved_rates, set_threads  # noqa: E402  (one timing loop for both)
+from bench_vs_torch import add_timing_args, interleaved_rates, run_conditions, set_threads  # noqa: E402
 
 IMAGE_SIZE = 224
 
@@ -72,19 +72,12 @@ def bench(ours, ref, n, rounds, pause, min_time):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--pause", type=float, default=0.5, help="seconds between the libraries' timings")
-    ap.add_argument("--min-time", type=float, default=0.5, help="seconds per timing (sets the steps)")
-    ap.add_argument("--threads", type=int, default=2)
+    add_timing_args(ap, batch_sizes=[1, 8], rounds=5, min_time=0.5)
     args = ap.parse_args(argv)
 
-    import torch
     set_threads(args.threads)
     ours, ref = build_models()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# EfficientNet-Lite0 inference {IMAGE_SIZE}x{IMAGE_SIZE}, cnnkit vs PyTorch {torch.__version__} "
-          f"(CPU, float32), {args.threads} threads, {args.rounds} rounds, load average {load:.1f}\n")
+    print(f"# EfficientNet-Lite0 inference {IMAGE_SIZE}x{IMAGE_SIZE}, cnnkit vs {run_conditions(args)}\n")
     print("| batch | cnnkit img/s | PyTorch img/s | ratio |")
     print("|---:|---:|---:|---:|")
     for n in args.batch_sizes:

@@ -122,24 +122,36 @@ def bench(name, n, mode, rounds, pause, min_time):
     return interleaved_rates(ck, th, n, rounds, pause, min_time)
 
 
+def add_timing_args(ap: argparse.ArgumentParser, batch_sizes, rounds: int, min_time: float) -> None:
+    """The options every side-by-side benchmark takes (batch sizes, rounds, pause, threads)."""
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=batch_sizes)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--pause", type=float, default=0.5, help="seconds between the libraries' timings")
+    ap.add_argument("--min-time", type=float, default=min_time, help="seconds per timing (sets the steps)")
+    ap.add_argument("--threads", type=int, default=2)
+
+
+def run_conditions(args) -> str:
+    """What a result table depends on: torch's version, threads, rounds, the machine's load
+    and the GEMM cnnkit runs on (``cnnkit.nn.gemm_backend()``)."""
+    import torch
+    import cnnkit.nn
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    gemm, why = cnnkit.nn.gemm_backend()
+    return (f"PyTorch {torch.__version__} (CPU, float32), {args.threads} threads, {args.rounds} rounds, "
+            f"load average {load:.1f}; cnnkit's GEMM: {gemm} ({why})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=R.NAMES, choices=R.NAMES)
-    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
     ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--pause", type=float, default=0.5, help="seconds between the libraries' timings")
-    ap.add_argument("--min-time", type=float, default=0.4, help="seconds per timing (sets the steps)")
-    ap.add_argument("--threads", type=int, default=2)
+    add_timing_args(ap, batch_sizes=[64, 256], rounds=5, min_time=0.4)
     args = ap.parse_args(argv)
 
-    import torch
     set_threads(args.threads)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    from cnnkit.nn import _gemm
-    gemm, why = _gemm.backend()
-    print(f"# cnnkit vs PyTorch {torch.__version__} (CPU, float32), {args.threads} threads, "
-          f"{args.rounds} rounds, load average {load:.1f}; cnnkit's GEMM: {gemm} ({why})\n")
+    print(f"# cnnkit vs {run_conditions(args)}\n")
     print("| model | batch | mode | cnnkit img/s | PyTorch img/s | ratio |")
     print("|---|---:|---|---:|---:|---:|")
     for name in args.models:

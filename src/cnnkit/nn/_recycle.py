@@ -146,31 +146,19 @@ class Recycler:
             self._release_idle(keep_clock=None)
 
     def _release_idle(self, keep_clock: int | None) -> None:
-        # Called with the lock held. Releases idle buffers last asked for before keep_clock
-        # (all idle ones for None), then the oldest idle ones beyond max_idle_bytes.
+        # Called with the lock held. Keeps the most recently used idle buffers that were
+        # asked for at or after keep_clock (none for None), newest first, as long as they
+        # fit in max_idle_bytes; releases the other idle ones. Buffers in use stay.
         self._next_sweep = self._clock + max(1, self.stale_calls // 4)
-        idle = []
-        for nbytes, entries in list(self._held.items()):
-            kept = []
-            for e in entries:
-                if _ref_count(e) != _IDLE_REFS:
-                    kept.append(e)
-                elif keep_clock is not None and e[1] >= keep_clock:
-                    kept.append(e)
-                    idle.append(e)
-            if kept:
-                self._held[nbytes] = kept
+        idle = [e for es in self._held.values() for e in es if _ref_count(e) == _IDLE_REFS]
+        kept_bytes, drop = 0, set()
+        for e in sorted(idle, key=lambda e: -e[1]):
+            if keep_clock is None or e[1] < keep_clock or kept_bytes + e[0].nbytes > self.max_idle_bytes:
+                drop.add(id(e))
             else:
-                del self._held[nbytes]
-        total = sum(e[0].nbytes for e in idle)
-        if total <= self.max_idle_bytes:
+                kept_bytes += e[0].nbytes
+        if not drop:
             return
-        drop = set()
-        for e in sorted(idle, key=lambda e: e[1]):
-            if total <= self.max_idle_bytes:
-                break
-            drop.add(id(e))
-            total -= e[0].nbytes
         for nbytes, entries in list(self._held.items()):
             kept = [e for e in entries if id(e) not in drop]
             if kept:

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .optimizer import Optimizer, _check_range
+from .optimizer import Optimizer, _check_range, decayed_gradient
 
 __all__ = ["Adam", "AdamW"]
 
@@ -86,18 +86,9 @@ class Adam(Optimizer):
             m, v = state["exp_avg"], state["exp_avg_sq"]
 
             g = p.grad
-            if maximize or (wd != 0 and not decoupled):
-                # The modified gradient goes into scratch: never write into p.grad.
-                tmp = self._temp(p, 0)
-                if wd != 0 and not decoupled:
-                    np.multiply(p.data, wd, out=tmp)
-                    if maximize:
-                        tmp -= g
-                    else:
-                        tmp += g
-                else:
-                    np.negative(g, out=tmp)
-                g = tmp
+            l2 = 0.0 if decoupled else wd
+            if maximize or l2 != 0:
+                g = decayed_gradient(p.data, g, l2, maximize, out=self._temp(p, 0))
             if wd != 0 and decoupled:
                 p.data *= 1.0 - lr * wd
 

@@ -310,6 +310,23 @@ class Optimizer:
         return "\n".join(lines)
 
 
+def decayed_gradient(param: np.ndarray, grad: np.ndarray, weight_decay: float, maximize: bool,
+                     out: np.ndarray) -> np.ndarray:
+    """The gradient an update uses: ``grad + weight_decay * param`` (L2 decay), negated when
+    maximizing. Written into the scratch ``out`` and returned, never into ``grad`` (the
+    caller may still read ``p.grad``); with no decay and no maximize, ``grad`` itself."""
+    if weight_decay != 0:
+        np.multiply(param, weight_decay, out=out)
+        if maximize:
+            out -= grad
+        else:
+            out += grad
+        return out
+    if maximize:
+        return np.negative(grad, out=out)
+    return grad
+
+
 def _check_range(opt: str, name: str, value: Any, low: float, high: float = math.inf,
                  high_open: bool = False) -> None:
     """Raise a ValueError naming the optimizer and option when ``value`` is out of range."""

@@ -6,7 +6,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .optimizer import Optimizer, _check_range
+from .optimizer import Optimizer, _check_range, decayed_gradient
 
 __all__ = ["RMSprop"]
 
@@ -76,17 +76,7 @@ class RMSprop(Optimizer):
 
             g = p.grad
             if maximize or wd != 0:
-                # The modified gradient goes into scratch: never write into p.grad.
-                tmp = self._temp(p, 0)
-                if wd != 0:
-                    np.multiply(p.data, wd, out=tmp)
-                    if maximize:
-                        tmp -= g
-                    else:
-                        tmp += g
-                else:
-                    np.negative(g, out=tmp)
-                g = tmp
+                g = decayed_gradient(p.data, g, wd, maximize, out=self._temp(p, 0))
 
             v = state["square_avg"]
             avg = self._temp(p, 1)

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..nn._parallel import get_num_threads, parallel_for
-from .optimizer import Optimizer, _check_range
+from .optimizer import Optimizer, _check_range, decayed_gradient
 
 
 def _balanced_bins(params: list, n: int) -> list[list]:
@@ -136,20 +136,8 @@ class SGD(Optimizer):
 def _update_chunk(p, grad, buf, first, t0, t1, lr, momentum, dampening, wd, nesterov, maximize) -> None:
     """One slice of the SGD update, in place on ``p`` (and ``buf``); ``grad`` is only read.
     ``t0`` / ``t1``: scratch slices of the same length (``t1`` only for Nesterov or dampening)."""
-    g = grad
-    used = -1  # which scratch slot holds g (-1: none)
-    if wd != 0 or maximize:
-        # Never write into p.grad: the caller may still read it.
-        g = t0
-        used = 0
-        if wd != 0:
-            np.multiply(p, wd, out=g)
-            if maximize:
-                g -= grad
-            else:
-                g += grad
-        else:
-            np.negative(grad, out=g)
+    g = decayed_gradient(p, grad, wd, maximize, out=t0)
+    used = 0 if g is t0 else -1  # which scratch slot holds g (-1: none)
     if buf is not None:
         if first:
             np.copyto(buf, g)
