@@ -46,6 +46,11 @@ def test_bad_arguments():
 def test_parity_with_pytorch_train_and_eval():
     torch = pytest.importorskip("torch")
     cnnkit.manual_seed(0)
+    # Seeded: with unseeded weights about 1 draw in 20 puts two max-pool inputs within
+    # float32 rounding of each other, and then either library may route that window's
+    # gradient to the other tap (measured: torch's float32 result disagreed with its own
+    # float64 one on seeds 24 and 41, cnnkit's on seed 58 - a near-tie, not a bug).
+    torch.manual_seed(0)
     ours = fashion_cnn()
     ref = _torch_reference(torch.nn)
     ref_sd = ref.state_dict()
