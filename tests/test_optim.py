@@ -406,3 +406,53 @@ def test_sgd_in_chunks_matches_torch(cfg, monkeypatch):
         if st.get("momentum_buffer") is not None:
             np.testing.assert_allclose(opt.state_dict()["state"][i]["momentum_buffer"],
                                        st["momentum_buffer"].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_even_pieces_cover_every_element_once_in_equal_shares():
+    from cnnkit.optim.sgd import _even_pieces
+    params = [Parameter(np.zeros(s, np.float32)) for s in [(7,), (100, 3), (2,), (41,)]]
+    total = sum(p.data.size for p in params)
+    for n in (1, 2, 3, 5, total, total + 4):
+        bins = _even_pieces(params, n)
+        assert 1 <= len(bins) <= min(n, total)
+        target = -(-total // min(n, total))
+        sizes = [sum(hi - lo for _, lo, hi in b) for b in bins]
+        assert sizes[:-1] == [target] * (len(bins) - 1) and 0 < sizes[-1] <= target
+        covered = {id(p): np.zeros(p.data.size, int) for p in params}
+        order = []
+        for b in bins:
+            for p, lo, hi in b:
+                assert 0 <= lo < hi <= p.data.size
+                covered[id(p)][lo:hi] += 1
+                order.append(id(p))
+        assert all((c == 1).all() for c in covered.values())
+        # Parameter order is kept (the pieces of one parameter are adjacent).
+        assert [k for i, k in enumerate(order) if i == 0 or order[i - 1] != k] == [id(p) for p in params]
+
+
+@pytest.mark.parametrize("cfg", [c for c in CONFIGS if c[0] == "SGD"], ids=_ids)
+def test_sgd_on_two_threads_equals_one_thread(cfg):
+    """Big enough for the thread pool: one parameter's ranges go to different threads; the
+    result is the serial one, bit for bit (elementwise operations on the same values)."""
+    from cnnkit.nn import functional as F
+    _, kw = cfg
+    shapes = [(300, 700), (1000,), (64, 3, 3, 3)]
+    rng = np.random.default_rng(3)
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+    results = []
+    saved = F.get_num_threads()
+    try:
+        for threads in (1, 2):
+            F.set_num_threads(threads)
+            params = [Parameter(a.copy()) for a in init]
+            opt = optim.SGD(params, **kw)
+            for step in grads:
+                for p, g in zip(params, step):
+                    p.grad = g
+                opt.step()
+            results.append([p.data.copy() for p in params])
+    finally:
+        F.set_num_threads(saved)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
