@@ -105,24 +105,28 @@ class SGD(Optimizer):
                 if first[p]:
                     state["momentum_buffer"] = np.empty_like(p.data)
         bins = _even_pieces(params, get_num_threads())
+        # Flattened once: for a non-C-contiguous gradient reshape copies, once per parameter
+        # rather than once per range.
+        flat_grads = {p: p.grad.reshape(-1) for p in params}
 
         def run(start, stop):
             for b in bins[start:stop]:
                 for p, lo, hi in b:
-                    self._update_range(p, lo, hi, first.get(p, False), lr, momentum, dampening, wd,
-                                       nesterov, maximize)
+                    self._update_range(p, flat_grads[p], lo, hi, first.get(p, False), lr, momentum,
+                                       dampening, wd, nesterov, maximize)
 
         parallel_for(len(bins), run, 4 * sum(p.data.nbytes for p in params))
 
-    def _update_range(self, p: Any, start: int, stop: int, first: bool, lr, momentum, dampening,
-                      wd, nesterov, maximize) -> None:
-        """The update of elements [start, stop) of ``p`` (flat order); ``first``: its
-        momentum buffer was just created (holds garbage, to be set to the gradient)."""
+    def _update_range(self, p: Any, flat_grad: np.ndarray, start: int, stop: int, first: bool, lr,
+                      momentum, dampening, wd, nesterov, maximize) -> None:
+        """The update of elements [start, stop) of ``p`` (flat C order); ``flat_grad``: its
+        gradient flattened in that order; ``first``: its momentum buffer was just created
+        (holds garbage, to be set to the gradient)."""
         # Chunk by chunk: the three or four passes of the update (momentum, add, scale,
         # subtract) then run on slices that stay in the core's L2 cache, so the parameter,
         # gradient and buffer are read from memory once instead of once per pass.
         data = p.data.reshape(-1)[start:stop]       # views: Parameter.data is C-contiguous
-        grad = p.grad.reshape(-1)[start:stop]       # read only
+        grad = flat_grad[start:stop]                # read only
         buf = self.state[p]["momentum_buffer"].reshape(-1)[start:stop] if momentum != 0 else None
         n = data.size
         chunk = CHUNK_ELEMENTS
