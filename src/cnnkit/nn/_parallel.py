@@ -33,6 +33,7 @@ import numpy as np
 
 # _gemm imports this module too: it asks ``blas_single_threaded`` at call time only.
 from . import _gemm, _recycle
+from ._buffers import batch_chunks
 
 #: Below this many bytes of work a layer runs serially (pool dispatch costs ~50 us).
 MIN_PARALLEL_BYTES = 1 << 20
@@ -173,8 +174,6 @@ def parallel_sum(n: int, part: Callable[[int, int], np.ndarray], bytes_per_sampl
     """The sum over batch chunks (n0, n1) of ``part(n0, n1)`` (a fresh array each), the
     chunks shared out to the threads: each thread adds its own chunks, then the threads'
     sums are added (weight gradients reduce over the batch this way)."""
-    from ._buffers import batch_chunks
-
     def run(start, stop):
         acc = None
         for n0, n1 in batch_chunks(start, stop, bytes_per_sample, chunk_bytes):

@@ -34,6 +34,8 @@ import threading
 
 import numpy as np
 
+from ._buffers import workspace
+
 #: Smaller arrays come from ``np.empty`` (the C library keeps and reuses small blocks itself).
 MIN_BYTES = 256 << 10
 #: Idle buffers are released when they have not been asked for within this many requests.
@@ -178,7 +180,5 @@ def empty_cache() -> None:
     """Release the memory cnnkit keeps for reuse across steps: idle recycled arrays and
     the calling thread's kernel scratch (like ``torch.cuda.empty_cache``). Arrays still in
     use are unaffected; everything is re-created on demand."""
-    from ._buffers import workspace
-
     recycler.clear()
     workspace.clear()

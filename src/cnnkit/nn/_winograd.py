@@ -21,9 +21,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import _recycle
+from . import _gemm, _recycle
 from ._buffers import workspace
-from . import _gemm
 from ._epilogue import finish_output
 from ._im2col import pad_nhwc
 from ._parallel import parallel_for, parallel_matmul, parallel_sum
