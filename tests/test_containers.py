@@ -406,3 +406,146 @@ def test_relu_after_conv_is_fused_unless_observed():
     model[1].register_forward_hook(lambda m, inp, o: seen.append(inp.copy()))
     np.testing.assert_allclose(model(x), expected, rtol=1e-6, atol=1e-6)
     assert (seen[0] < 0).any()          # the hooked ReLU saw the convolution's raw output
+
+
+# ---------------------------------------------------------------------- folded ReLU backward
+def _fold_cases():
+    from cnnkit.nn import Conv2d, MaxPool2d
+
+    def conv_in(c_out):
+        # A negative bias leaves many zeros after the ReLU (dead pooling windows, masked taps).
+        conv = Conv2d(3, c_out, 3, padding=1)
+        conv.bias.data -= np.float32(0.4)
+        return conv
+
+    return {
+        "conv_transposed_path": lambda: Sequential(conv_in(8), ReLU(), Conv2d(8, 5, 3, padding=1)),
+        "conv_tap_major_path": lambda: Sequential(conv_in(6), ReLU(), Conv2d(6, 5, 3, stride=2, padding=1)),
+        "conv_col2im_path": lambda: Sequential(conv_in(40), ReLU(), Conv2d(40, 5, 3, stride=2, padding=1)),
+        "conv_winograd_path": lambda: Sequential(conv_in(64), ReLU(), Conv2d(64, 128, 3, padding=1)),
+        "conv_depthwise": lambda: Sequential(conv_in(8), ReLU(), Conv2d(8, 8, 3, padding=1, groups=8)),
+        "maxpool_2x2": lambda: Sequential(conv_in(8), ReLU(), MaxPool2d(2)),
+        "maxpool_3x3_s2_p1": lambda: Sequential(conv_in(8), ReLU(), MaxPool2d(3, stride=2, padding=1)),
+        "maxpool_ceil_mode": lambda: Sequential(conv_in(8), ReLU(), MaxPool2d(2, ceil_mode=True)),
+        "conv4_like": lambda: Sequential(conv_in(8), ReLU(), Conv2d(8, 8, 3, padding=1), ReLU(), MaxPool2d(2),
+                                         Conv2d(8, 16, 3, padding=1), ReLU(), MaxPool2d(2)),
+    }
+
+
+FOLD_CASES = _fold_cases()
+
+
+def _count_relu_backward(model):
+    """Wrap every ReLU's backward with a counter; returns the list of counts (one per ReLU)."""
+    counts = []
+    for m in model:
+        if type(m) is ReLU:
+            counts.append(0)
+            k = len(counts) - 1
+
+            def counted(g, _orig=m.backward, _k=k):
+                counts[_k] += 1
+                return _orig(g)
+
+            m.backward = counted
+    return counts
+
+
+def _one_by_one(model, x, g):
+    """Output, input gradient and parameter gradients with the children called one at a
+    time, outside any Sequential: nothing fused, nothing folded, every ReLU runs its own
+    backward."""
+    model.zero_grad()
+    y = x
+    for m in model:
+        y = m(y)
+    h = g
+    for m in reversed(list(model)):
+        h = m.backward(h)
+    return y, h, [p.grad.copy() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", list(FOLD_CASES))
+def test_folded_relu_backward_equals_the_relu_run_on_its_own(name, train):
+    cnnkit.manual_seed(0)
+    model = FOLD_CASES[name]()
+    model.train(train)
+    x = _x((3, 3, 7 if "ceil" in name else 8, 7 if "ceil" in name else 8)).astype(np.float32)
+    out = model(x)
+    g = _x(out.shape, 1).astype(np.float32)
+    counts = _count_relu_backward(model)
+    gx = model.backward(g)
+    grads = [p.grad.copy() for p in model.parameters()]
+    # Every ReLU here is followed by a layer that folds its backward in: none ran its own.
+    assert counts and all(c == 0 for c in counts)
+    assert (model[1](model[0](x)) == 0).mean() > 0.3      # the masks really cut something
+    ref_out, ref_gx, ref_grads = _one_by_one(model, x, g)
+    assert sum(counts) == len(counts)                        # ... which the reference did run
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(gx, ref_gx)
+    for got, ref in zip(grads, ref_grads):
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_folded_maxpool_windows_without_a_positive_value_get_no_gradient():
+    from cnnkit.nn import MaxPool2d
+    # Window 0 is all zeros (a dead ReLU output), window 1 has a positive maximum.
+    x = np.array([[[[0, 0, 0, 2], [0, 0, 1, 0]]]], dtype=np.float32)
+    model = Sequential(ReLU(), MaxPool2d(2))
+    model(x)
+    gx = model.backward(np.ones((1, 1, 1, 2), dtype=np.float32))
+    np.testing.assert_array_equal(gx, [[[[0, 0, 0, 1], [0, 0, 0, 0]]]])
+    # The pool on its own routes a dead window's gradient to its first tap, as PyTorch does.
+    pool = MaxPool2d(2)
+    pool(x)
+    np.testing.assert_array_equal(pool.backward(np.ones((1, 1, 1, 2), dtype=np.float32)),
+                                  [[[[1, 0, 0, 1], [0, 0, 0, 0]]]])
+
+
+def test_a_layer_that_ignores_the_fold_request_keeps_the_relu_backward():
+    from cnnkit.nn import Conv2d
+
+    class IgnoresFold(Conv2d):
+        def forward(self, x):
+            self.__dict__["_input_is_relu_output"] = False     # as a subclass unaware of it
+            return super().forward(x)
+
+    cnnkit.manual_seed(0)
+    model = Sequential(Conv2d(2, 4, 3, padding=1), ReLU(), IgnoresFold(4, 3, 3, padding=1))
+    x = _x((2, 2, 6, 6)).astype(np.float32)
+    out = model(x)
+    g = _x(out.shape, 1).astype(np.float32)
+    counts = _count_relu_backward(model)
+    gx = model.backward(g)
+    assert counts == [1]
+    _, ref_gx, _ = _one_by_one(model, x, g)
+    np.testing.assert_array_equal(gx, ref_gx)
+
+
+def test_a_hooked_relu_is_not_folded():
+    from cnnkit.nn import Conv2d
+    model = Sequential(Conv2d(2, 4, 3, padding=1), ReLU(), Conv2d(4, 3, 3, padding=1))
+    model[1].register_forward_hook(lambda m, inp, out: None)
+    out = model(_x((2, 2, 6, 6)).astype(np.float32))
+    counts = _count_relu_backward(model)
+    model.backward(np.ones_like(out))
+    assert counts == [1]
+
+
+def test_folded_chain_gradcheck_float64():
+    cnnkit.manual_seed(0)
+    model = FOLD_CASES["conv4_like"]().double()
+    assert gradcheck(model, _x((2, 3, 8, 8)))
+
+
+def test_folded_chain_matches_torch():
+    torch = pytest.importorskip("torch")
+    cnnkit.manual_seed(0)
+    ours = FOLD_CASES["conv4_like"]()
+    nn = torch.nn
+    ref = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    _copy_to_torch(torch, ours, ref)
+    x = _x((4, 3, 8, 8)).astype(np.float32)
+    _run_both(torch, ours, ref, x, _x((4, 16, 2, 2), 1).astype(np.float32))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._buffers import batch_chunks, workspace
-from ._epilogue import finish_output
+from ._epilogue import finish_output, mask_by_positive
 from ._im2col import col2im, col2im_tap_major, im2col, tap_pairs
 from ._small_channel_conv import small_c_block, small_c_conv, small_c_weight_grad
 from ._parallel import parallel_for
@@ -148,8 +148,11 @@ def _pointwise_conv(xt: np.ndarray, weight: np.ndarray, bias: np.ndarray | None 
     return out
 
 
-def _gemm_conv(xt, wk, wshape, groups, geo, bias=None, relu: bool = False) -> np.ndarray:
-    """im2col + GEMM with a prepared (G, K, Og) weight matrix ``wk`` of a (O, Cg, kh, kw) kernel."""
+def _gemm_conv(xt, wk, wshape, groups, geo, bias=None, relu: bool = False,
+               relu_mask: np.ndarray | None = None) -> np.ndarray:
+    """im2col + GEMM with a prepared (G, K, Og) weight matrix ``wk`` of a (O, Cg, kh, kw) kernel.
+    ``relu_mask``: an array of the output's shape; each output chunk is multiplied by
+    ``relu_mask > 0`` (``mask_by_positive``; an input gradient's folded ReLU backward)."""
     n = xt.shape[0]
     o, cg, kh, kw = wshape
     ho, wo = geo["out_hw"]
@@ -169,6 +172,8 @@ def _gemm_conv(xt, wk, wshape, groups, geo, bias=None, relu: bool = False) -> np
                 groups_out = dst.reshape(m, groups, og).transpose(1, 0, 2)           # (G, M, Og) view
                 _gemm.matmul(cols.reshape(groups, m, k), wk, out=groups_out)
             finish_output(dst, bias, relu)
+            if relu_mask is not None:
+                mask_by_positive(out[n0:n1], relu_mask[n0:n1])
 
     parallel_for(n, run, n * per_sample)
     return out
@@ -228,8 +233,13 @@ def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: i
     return gw, gb
 
 
-def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: dict, in_shape) -> np.ndarray:
-    """d loss / d input, NHWC (N, H, W, C), from the NHWC upstream gradient (N, Ho, Wo, O)."""
+def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: dict, in_shape,
+                         relu_mask: np.ndarray | None = None) -> np.ndarray:
+    """d loss / d input, NHWC (N, H, W, C), from the NHWC upstream gradient (N, Ho, Wo, O).
+
+    ``relu_mask``: the layer's NHWC input when it is a ReLU's output; the gradient is then
+    multiplied by ``relu_mask > 0`` chunk by chunk, while each chunk is in cache (the ReLU's
+    backward folded into this one, see ``Sequential``)."""
     n, h, w, c = in_shape
     o, cg, kh, kw = weight.shape
     og = o // groups
@@ -248,13 +258,13 @@ def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: di
             wt = geo.get("winograd_weight")
             if wt is None or wt.shape != (16, c, o):
                 wt = wino.transform_weight(weight)
-            return wino.winograd_conv(g, wt, pads, (h, w), flipped=True)
+            return wino.winograd_conv(g, wt, pads, (h, w), flipped=True, relu_mask=relu_mask)
         # Its (G, kh*kw*Og, Cg) matrix: rows (i, j, og) = weight[og, :, kh-1-i, kw-1-j].
         wmat = np.ascontiguousarray(
             weight.reshape(groups, og, cg, kh, kw).transpose(0, 3, 4, 1, 2)[:, ::-1, ::-1]
         ).reshape(groups, kh * kw * og, cg)
         tgeo = dict(kernel=(kh, kw), stride=(1, 1), dilation=(dh, dw), pads=pads, out_hw=(h, w))
-        return _gemm_conv(g, wmat, (c, og, kh, kw), groups, tgeo)
+        return _gemm_conv(g, wmat, (c, og, kh, kw), groups, tgeo, relu_mask=relu_mask)
     k = kh * kw * cg
     gx = _recycle.empty((n, h, w, c), dtype=g.dtype)
     per_sample = groups * ho * wo * k * g.itemsize
@@ -270,6 +280,8 @@ def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: di
                 # reads and MKL ran it no faster (seed-000, lenet: 0.98-1.02x).
                 np.matmul(g[n0:n1].reshape(1, m, o), wt, out=tcols.reshape(kh * kw, m, c))
                 col2im_tap_major(tcols, (h, w), geo["stride"], geo["dilation"], geo["pads"], out=gx[n0:n1])
+                if relu_mask is not None:
+                    mask_by_positive(gx[n0:n1], relu_mask[n0:n1])
 
         parallel_for(n, run_taps, n * per_sample)
         return gx
@@ -282,6 +294,8 @@ def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: di
             g3 = g[n0:n1].reshape(m, groups, og).transpose(1, 0, 2)           # (G, M, Og) view
             _gemm.matmul(g3, wk, out=gcols.reshape(groups, m, k))
             col2im(gcols, (h, w), geo["stride"], geo["dilation"], geo["pads"], out=gx[n0:n1])
+            if relu_mask is not None:
+                mask_by_positive(gx[n0:n1], relu_mask[n0:n1])
 
     parallel_for(n, run, n * per_sample)
     return gx

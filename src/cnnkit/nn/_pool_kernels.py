@@ -8,7 +8,9 @@ no padding and no masks. Non-overlapping windows (stride >= kernel, e.g. 2x2 / 2
 
 Max pooling keeps the index of the winning tap (uint8: a quarter of the output's float32
 bytes, where PyTorch keeps int64) and only in training; ties go to the first tap in
-row-major order, as in PyTorch.
+row-major order, as in PyTorch. When the input is a ReLU's output whose backward is folded
+into the pool's (``relu_input``), windows whose maximum is not > 0 get a *dead* index that
+matches no tap, so their gradient is 0, exactly what the ReLU's backward would make of it.
 """
 
 from __future__ import annotations
@@ -64,9 +66,17 @@ def _taps(geo):
 
 
 # ---------------------------------------------------------------------------------- max
+#: Index bit of a dead window (see the module's docstring), for uint8 and int32 indices.
+_DEAD_BIT = {np.dtype(np.uint8): 1 << 7, np.dtype(np.int32): 1 << 30}
+
+
 def max_pool2d_forward(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
-                       keep_cache: bool = True):
-    """Max pooling. Returns ``(out, cache)``; cache None when ``keep_cache`` is False."""
+                       keep_cache: bool = True, relu_input: bool = False):
+    """Max pooling. Returns ``(out, cache)``; cache None when ``keep_cache`` is False.
+
+    ``relu_input``: x is the output of a ReLU whose backward is folded into this pool's:
+    ``max_pool2d_backward`` then returns the gradient with respect to that ReLU's input (0
+    in every window whose maximum is not > 0; elsewhere the winner is > 0 and passes)."""
     geo = pool_geometry(x, kernel_size, stride, padding, ceil_mode, "max_pool2d")
     n, c, h, w = x.shape
     ho, wo = geo["out_hw"]
@@ -76,11 +86,16 @@ def max_pool2d_forward(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_
     idx = None
     if keep_cache:
         ntaps = geo["kernel"][0] * geo["kernel"][1]
-        idx = _recycle.empty((n, ho, wo, c), dtype=np.uint8 if ntaps <= 256 else np.int32)
+        idx = _recycle.empty((n, ho, wo, c), dtype=np.uint8 if ntaps < _DEAD_BIT[np.dtype(np.uint8)] else np.int32)
+    dead_bit = _DEAD_BIT[idx.dtype] if relu_input and idx is not None else 0
 
     def run(a, b):
         src = [(t, o, xt[a:b, i[0], i[1]]) for t, o, i in taps]
         _max_into(src, geo["covers"], out[a:b], None if idx is None else idx[a:b])
+        if dead_bit:
+            dead = np.greater(out[a:b], 0)        # a quarter of the input: cheap
+            np.logical_not(dead, out=dead)
+            idx[a:b] |= dead.view(np.uint8) * idx.dtype.type(dead_bit)
 
     parallel_for(n, run, x.nbytes)
     return nchw(out), (None if idx is None else (idx, geo, x.shape))

@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import _gemm, _recycle
 from ._buffers import workspace
-from ._epilogue import finish_output
+from ._epilogue import finish_output, mask_by_positive
 from ._im2col import pad_nhwc
 from ._parallel import parallel_for, parallel_matmul, parallel_sum
 
@@ -113,13 +113,14 @@ def _input_tiles(x: np.ndarray, pads, th: int, tw: int, name: str, kb: np.ndarra
 
 
 def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None, flipped: bool = False,
-                  relu: bool = False) -> np.ndarray:
+                  relu: bool = False, relu_mask: np.ndarray | None = None) -> np.ndarray:
     """NHWC input (N, H, W, C), transformed weight (16, C, O) -> NHWC output (N, Ho, Wo, O).
 
     ``flipped=True``: convolve with the flipped kernel whose in / out channels are swapped
     (the input gradient of the forward convolution that ``wt`` belongs to), given the
     forward's transformed weight ``wt`` (16, O, C) as it is: input (N, H, W, O) -> output
-    (N, Ho, Wo, C). ``relu``: a fused ReLU on the output (see ``_epilogue``)."""
+    (N, Ho, Wo, C). ``relu``: a fused ReLU on the output; ``relu_mask``: an array of the
+    output's shape, each output chunk is multiplied by ``relu_mask > 0`` (see ``_epilogue``)."""
     if flipped:
         wt = wt.transpose(0, 2, 1)
     n, h, w, c = xt.shape
@@ -152,6 +153,8 @@ def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None, flipp
                         part = dst[:, r::2, s::2]
                         np.copyto(part, y6[r, s, :, : part.shape[1], : part.shape[2]])
             finish_output(dst, bias, relu)
+            if relu_mask is not None:
+                mask_by_positive(dst, relu_mask[n0:n1])
 
     parallel_for(n, run, n * per_sample)
     return out

@@ -60,6 +60,7 @@ class Conv2d(Module):
     returns_fresh_output = True       # see Module: a ReLU after it may work in place
     returns_fresh_input_grad = True
     fuses_relu = True                 # ... or be fused into its output pass
+    absorbs_relu_grad = True          # ... and the backward of a ReLU before it is folded in
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, generator: np.random.Generator | None = None):
@@ -125,9 +126,14 @@ class Conv2d(Module):
         bias = None if self.bias is None else self.bias.data
         # The cache is only a reference to x (no copy), so it is kept in eval mode too:
         # gradients through an eval-mode network (saliency, frozen BatchNorm) still work.
-        # A Sequential may ask for the next ReLU to be fused into the output pass (one call).
+        # A Sequential may ask for the next ReLU to be fused into the output pass, and for the
+        # backward of the ReLU before this layer to be folded into ours (one call each).
         relu = self.__dict__.get("_fuse_relu", False)
-        out, self._cache = F.conv2d_forward(x, w, bias, self.stride, pads, self.dilation, self.groups, relu=relu)
+        relu_input = self.__dict__.get("_input_is_relu_output", False)
+        out, self._cache = F.conv2d_forward(x, w, bias, self.stride, pads, self.dilation, self.groups, relu=relu,
+                                            relu_input=relu_input)
+        if relu_input:
+            self.__dict__["_relu_grad_folded"] = True  # Sequential skips that ReLU's backward
         return out
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray | None:

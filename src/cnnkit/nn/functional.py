@@ -43,7 +43,8 @@ __all__ = [
 from . import _recycle
 from ._conv_kernels import (column_sums, depthwise_backward, depthwise_forward, gemm_conv_forward,
                             gemm_conv_input_grad, gemm_conv_param_grads)
-from ._parallel import get_num_threads, parallel_matmul, set_num_threads
+from ._epilogue import mask_by_positive
+from ._parallel import get_num_threads, parallel_for, parallel_matmul, set_num_threads
 from ._im2col import (col2im, conv_output_size, im2col, nchw as _nchw, nhwc as _nhwc, pair,
                       pool_output_size, resolve_conv_padding, same_padding)
 from ._pool_kernels import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward,
@@ -67,7 +68,7 @@ def _check_conv_args(x: np.ndarray, weight: np.ndarray, groups: int) -> None:
 
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
                    stride=1, padding=0, dilation=1, groups: int = 1,
-                   keep_cache: bool = True, relu: bool = False):
+                   keep_cache: bool = True, relu: bool = False, relu_input: bool = False):
     """2-D convolution (cross-correlation, as PyTorch): im2col + one (batched) GEMM.
 
     Args:
@@ -78,6 +79,9 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
         keep_cache: when False nothing is kept for backward (inference).
         relu: return ``max(conv, 0)``, the ReLU fused into the kernels' output pass (the
             backward is still the convolution's alone: the ReLU's gradient is its own).
+        relu_input: x is the output of a ReLU whose backward is folded into this layer's:
+            ``conv2d_backward``'s input gradient is then multiplied by ``x > 0``, i.e. it is
+            the gradient with respect to that ReLU's input (see ``Sequential``).
 
     Returns:
         ``(out, cache)``: out (N, O, Ho, Wo) in NHWC memory; cache for ``conv2d_backward``
@@ -101,7 +105,8 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
             f"kernel_size ({kh}, {kw}) with dilation {dilation}"
         )
     xt = _nhwc(x)
-    geometry = dict(kernel=(kh, kw), stride=stride, dilation=dilation, pads=pads, out_hw=(ho, wo))
+    geometry = dict(kernel=(kh, kw), stride=stride, dilation=dilation, pads=pads, out_hw=(ho, wo),
+                    relu_input=bool(relu_input))
     if bias is not None:
         bias = bias.astype(weight.dtype, copy=False)
     if groups > 1 and cg == 1:
@@ -124,7 +129,8 @@ def conv2d_backward(grad_out: np.ndarray, cache, weight: np.ndarray, need_input_
 
     Returns:
         ``(grad_x, grad_weight, grad_bias)``; each None when not needed. grad_x is
-        (N, C, H, W) in NHWC memory.
+        (N, C, H, W) in NHWC memory; when the forward had ``relu_input``, it is multiplied by
+        ``x > 0`` (the folded ReLU backward).
     """
     xt, groups, geo = cache
     n, h, w, c = xt.shape
@@ -135,14 +141,17 @@ def conv2d_backward(grad_out: np.ndarray, cache, weight: np.ndarray, need_input_
     if grad_out.dtype != xt.dtype:
         grad_out = grad_out.astype(xt.dtype)
     g = np.ascontiguousarray(_nhwc(grad_out))  # (N, Ho, Wo, O)
+    relu_mask = xt if geo.get("relu_input") else None
     if groups > 1 and cg == 1:
         gb = column_sums(g.reshape(-1, o)) if need_bias_grad else None
         gx, gw = depthwise_backward(g, xt, weight, geo, need_input_grad, need_weight_grad)
+        if gx is not None and relu_mask is not None:  # its taps add into gx: mask once at the end
+            parallel_for(n, lambda a, b: mask_by_positive(gx[a:b], relu_mask[a:b]), gx.nbytes)
     else:
         gw = gb = None
         if need_weight_grad or need_bias_grad:
             gw, gb = gemm_conv_param_grads(g, xt, weight.shape, groups, geo, need_weight_grad, need_bias_grad)
-        gx = gemm_conv_input_grad(g, weight, groups, geo, xt.shape) if need_input_grad else None
+        gx = gemm_conv_input_grad(g, weight, groups, geo, xt.shape, relu_mask) if need_input_grad else None
     return (None if gx is None else _nchw(gx)), gw, gb
 
 

@@ -153,6 +153,11 @@ class Module:
     #: ``fuses_relu``: forward can apply a following ReLU in its own output pass
     #: (``Sequential`` sets ``_fuse_relu`` for one call and tells the ReLU it is done).
     fuses_relu: bool = False
+    #: ``absorbs_relu_grad``: when the input is a ReLU's output, backward can return the
+    #: gradient with respect to that ReLU's input (its mask applied in the layer's own pass):
+    #: ``Sequential`` sets ``_input_is_relu_output`` for one forward call, then skips that
+    #: ReLU's backward. A layer that declares it must honour the flag on every path.
+    absorbs_relu_grad: bool = False
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())

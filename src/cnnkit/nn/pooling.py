@@ -56,6 +56,7 @@ class MaxPool2d(Module):
 
     returns_fresh_output = True       # see Module: a ReLU after it may work in place
     returns_fresh_input_grad = True
+    absorbs_relu_grad = True          # ... and the backward of a ReLU before it is folded in
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False):
         super().__init__()
@@ -70,16 +71,21 @@ class MaxPool2d(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         _check_input(self, x)
         _check_size(self, x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+        # A Sequential may fold the backward of the ReLU before this layer into ours (one call).
+        relu_input = self.__dict__.get("_input_is_relu_output", False)
         # In eval mode the argmax indices are not computed; backward recomputes them from x.
         out, cache = F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                                          keep_cache=self.training)
-        self._cache = cache if cache is not None else ("recompute", x)
+                                          keep_cache=self.training, relu_input=relu_input)
+        self._cache = cache if cache is not None else ("recompute", x, relu_input)
+        if relu_input:
+            self.__dict__["_relu_grad_folded"] = True  # Sequential skips that ReLU's backward
         return out
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         cache = self._need_cache(self._cache)
-        if isinstance(cache[0], str):  # ("recompute", x) from an eval-mode forward
-            _, cache = F.max_pool2d_forward(cache[1], self.kernel_size, self.stride, self.padding, self.ceil_mode)
+        if isinstance(cache[0], str):  # ("recompute", x, relu_input) from an eval-mode forward
+            _, cache = F.max_pool2d_forward(cache[1], self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                            relu_input=cache[2])
         return F.max_pool2d_backward(grad_out, cache)
 
 
