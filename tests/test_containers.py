@@ -344,8 +344,10 @@ def test_relu_after_a_fresh_output_works_in_place_and_gradients_stay_exact():
     assert gradcheck(model, x)
     out = model(x)
     np.testing.assert_array_equal(x, x_copy)           # the caller's input is never touched
-    # In place: each ReLU keeps its own output (float) as the mask, not a new bool array.
-    for i in (1, 3, 5, 8):
+    # In place: each ReLU keeps its own output (float) as the mask, not a new bool array;
+    # the first one ran inside the Conv2d -> ReLU -> MaxPool2d pass and keeps nothing.
+    assert model[1]._cache is None
+    for i in (3, 5, 8):
         assert model[i]._cache.dtype == np.float64
     assert out.shape == (3, 2)
 
@@ -549,3 +551,88 @@ def test_folded_chain_matches_torch():
     _copy_to_torch(torch, ours, ref)
     x = _x((4, 3, 8, 8)).astype(np.float32)
     _run_both(torch, ours, ref, x, _x((4, 16, 2, 2), 1).astype(np.float32))
+
+
+# ---------------------------------------------------------------------- Conv2d -> ReLU -> MaxPool2d in one pass
+def _conv_pool_cases():
+    from cnnkit.nn import Conv2d, MaxPool2d
+    return {
+        "first_layer_few_channels": lambda: (Conv2d(1, 8, 3, padding=1), MaxPool2d(2)),
+        "im2col_gemm": lambda: (Conv2d(8, 12, 3, padding=1), MaxPool2d(2)),
+        "winograd": lambda: (Conv2d(64, 128, 3, padding=1), MaxPool2d(2)),
+        "depthwise": lambda: (Conv2d(8, 8, 3, padding=1, groups=8), MaxPool2d(2)),
+        "pointwise": lambda: (Conv2d(8, 6, 1), MaxPool2d(2)),
+        "strided_conv_overlapping_pool": lambda: (Conv2d(8, 6, 3, stride=2, padding=1), MaxPool2d(3, 2, padding=1)),
+        "ceil_mode": lambda: (Conv2d(8, 6, 3), MaxPool2d(2, ceil_mode=True)),
+    }
+
+
+CONV_POOL_CASES = _conv_pool_cases()
+
+
+def _conv_pool_model(name):
+    conv, pool = CONV_POOL_CASES[name]()
+    conv.bias.data -= np.float32(0.3)                # dead windows too
+    return Sequential(conv, ReLU(), pool)
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["one_chunk", "one_image_per_chunk"])
+@pytest.mark.parametrize("name", list(CONV_POOL_CASES))
+def test_conv_relu_maxpool_in_one_pass_equals_the_layers_one_by_one(name, chunk_bytes, monkeypatch):
+    from cnnkit.nn import _conv_pool
+    if chunk_bytes:
+        monkeypatch.setattr(_conv_pool, "CHUNK_BYTES", chunk_bytes)
+    cnnkit.manual_seed(0)
+    model = _conv_pool_model(name)
+    c = model[0].in_channels
+    x = _x((5, c, 9, 9)).astype(np.float32)
+    # Inference: one pass, nothing kept by the ReLU or the pool.
+    with cnnkit.no_grad():
+        model.eval()
+        out_eval = model(x)
+    assert model[1]._cache is None and model[2]._cache is None
+    # Training: the pool keeps its winners (dead windows marked), the ReLU nothing.
+    model.train()
+    out = model(x)
+    assert model[1]._cache is None and model[2]._cache is not None
+    g = _x(out.shape, 1).astype(np.float32)
+    counts = _count_relu_backward(model)
+    gx = model.backward(g)
+    assert counts == [0]
+    grads = [p.grad.copy() for p in model.parameters()]
+    ref_out, ref_gx, ref_grads = _one_by_one(model, x, g)
+    assert (ref_out == 0).any()
+    if chunk_bytes:
+        # Other GEMM shapes than the whole batch's: BLAS may block the sums differently
+        # (last-bit differences, float32); the pool's winners and dead windows must agree.
+        def same(a, b):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert np.array_equal(out == 0, ref_out == 0)
+    else:
+        same = np.testing.assert_array_equal
+    same(out, ref_out)
+    same(out_eval, ref_out)
+    same(gx, ref_gx)
+    for got, ref in zip(grads, ref_grads):
+        same(got, ref)
+
+
+def test_conv_relu_maxpool_not_fused_when_observed_or_eval_with_gradients():
+    from cnnkit.nn import Conv2d, MaxPool2d
+    cnnkit.manual_seed(0)
+    model = Sequential(Conv2d(2, 4, 3, padding=1), ReLU(), MaxPool2d(2))
+    x = _x((2, 2, 6, 6)).astype(np.float32)
+    model.eval()                       # eval with gradients (saliency): the pool recomputes
+    model(x)                           # its winners in backward from the full-size input
+    assert model[1]._cache is not None and model[2]._cache[0] == "recompute"
+    model.train()
+    seen = []
+    model[2].register_forward_hook(lambda m, inp, o: seen.append(inp))
+    model(x)
+    assert len(seen) == 1 and (seen[0] >= 0).all()     # the hook saw the ReLU's output
+
+
+def test_conv_relu_maxpool_one_pass_gradcheck_float64():
+    cnnkit.manual_seed(0)
+    model = _conv_pool_model("im2col_gemm").double()
+    assert gradcheck(model, _x((2, 8, 6, 6)))

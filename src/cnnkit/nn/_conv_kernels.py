@@ -110,21 +110,41 @@ def weight_matrix(weight: np.ndarray, groups: int) -> np.ndarray:
     return rows.reshape(groups, o // groups, kh * kw * cg).transpose(0, 2, 1)
 
 
-def gemm_conv_forward(xt: np.ndarray, weight: np.ndarray, groups: int, geo: dict,
-                      bias: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
-    """NHWC input (N, H, W, C) -> NHWC output (N, Ho, Wo, O), a fresh array; ``relu``:
-    the output is clipped at 0 chunk by chunk (a fused ReLU, see ``_epilogue``)."""
-    if wino.use_winograd(geo["kernel"], geo["stride"], geo["dilation"], groups, xt.shape[3], weight.shape[0]):
+def conv_forward_kernel(c: int, weight: np.ndarray, groups: int, geo: dict, bias: np.ndarray | None = None,
+                        relu: bool = False):
+    """The forward kernel for a convolution of C input channels, its weight prepared once:
+    a function NHWC input (N, H, W, C) -> NHWC output (N, Ho, Wo, O), a fresh array, that
+    can be called on the whole batch or on batch chunks (``_conv_pool``). ``relu``: the
+    output is clipped at 0 chunk by chunk (a fused ReLU, see ``_epilogue``)."""
+    o = weight.shape[0]
+    if groups > 1 and weight.shape[1] == 1:
+        return lambda xt: depthwise_forward(xt, weight, geo, bias, relu)
+    if wino.use_winograd(geo["kernel"], geo["stride"], geo["dilation"], groups, c, o):
         wt = wino.transform_weight(weight)
         # Kept for the input gradient, which needs the same transform (see winograd_conv).
         geo["winograd_weight"] = wt
-        return wino.winograd_conv(xt, wt, geo["pads"], geo["out_hw"], bias, relu=relu)
-    if groups == 1 and (block := small_c_block(xt.shape[3], weight.shape[0], geo["out_hw"][1], SMALL_C)):
-        return small_c_conv(xt, weight, geo, bias, block, relu=relu)
-    if (groups == 1 and geo["kernel"] == (1, 1) and geo["stride"] == (1, 1) and not any(geo["pads"])
-            and xt.flags.c_contiguous):
-        return _pointwise_conv(xt, weight, bias, relu)
-    return _gemm_conv(xt, weight_matrix(weight, groups), weight.shape, groups, geo, bias, relu)
+        return lambda xt: wino.winograd_conv(xt, wt, geo["pads"], geo["out_hw"], bias, relu=relu)
+    if groups == 1 and (block := small_c_block(c, o, geo["out_hw"][1], SMALL_C)):
+        return lambda xt: small_c_conv(xt, weight, geo, bias, block, relu=relu)
+    wk = None
+
+    def gemm(xt):
+        if (groups == 1 and geo["kernel"] == (1, 1) and geo["stride"] == (1, 1) and not any(geo["pads"])
+                and xt.flags.c_contiguous):
+            return _pointwise_conv(xt, weight, bias, relu)
+        nonlocal wk
+        if wk is None:
+            wk = weight_matrix(weight, groups)
+        return _gemm_conv(xt, wk, weight.shape, groups, geo, bias, relu)
+
+    return gemm
+
+
+def gemm_conv_forward(xt: np.ndarray, weight: np.ndarray, groups: int, geo: dict,
+                      bias: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
+    """NHWC input (N, H, W, C) -> NHWC output (N, Ho, Wo, O), a fresh array (any groups,
+    depthwise included); ``relu``: a fused ReLU (see ``conv_forward_kernel``)."""
+    return conv_forward_kernel(xt.shape[3], weight, groups, geo, bias, relu)(xt)
 
 
 def _pointwise_conv(xt: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,

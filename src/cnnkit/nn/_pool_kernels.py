@@ -23,9 +23,11 @@ from ._parallel import parallel_for
 
 
 def pool_geometry(x, kernel, stride, padding, ceil_mode, name):
-    """Validated pooling geometry (sizes, tap windows and which fast paths apply)."""
-    if x.ndim != 4:
-        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got shape {x.shape}")
+    """Validated pooling geometry (sizes, tap windows and which fast paths apply) for an
+    input ``x`` (an array, or just its shape)."""
+    shape = tuple(getattr(x, "shape", x))
+    if len(shape) != 4:
+        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got shape {shape}")
     kernel = pair(kernel, "kernel_size")
     stride = kernel if stride is None else pair(stride, "stride")
     padding = pair(padding, "padding", minimum=0)
@@ -33,7 +35,7 @@ def pool_geometry(x, kernel, stride, padding, ceil_mode, name):
         if p > k // 2:
             raise ValueError(f"{name}: padding should be at most half of kernel_size, got padding="
                              f"{padding} for kernel_size={kernel}")
-    n, c, h, w = x.shape
+    n, c, h, w = shape
     ho = pool_output_size(h, kernel[0], stride[0], padding[0], ceil_mode)
     wo = pool_output_size(w, kernel[1], stride[1], padding[1], ceil_mode)
     if ho < 1 or wo < 1:
@@ -78,27 +80,39 @@ def max_pool2d_forward(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_
     ``max_pool2d_backward`` then returns the gradient with respect to that ReLU's input (0
     in every window whose maximum is not > 0; elsewhere the winner is > 0 and passes)."""
     geo = pool_geometry(x, kernel_size, stride, padding, ceil_mode, "max_pool2d")
-    n, c, h, w = x.shape
-    ho, wo = geo["out_hw"]
+    out, idx = max_pool_outputs(geo, x.shape, x.dtype, keep_cache)
     xt = nhwc(x)
-    taps = [(t, o, i) for t, o, i in _taps(geo)]
-    out = _recycle.empty((n, ho, wo, c), dtype=x.dtype)
-    idx = None
-    if keep_cache:
-        ntaps = geo["kernel"][0] * geo["kernel"][1]
-        idx = _recycle.empty((n, ho, wo, c), dtype=np.uint8 if ntaps < _DEAD_BIT[np.dtype(np.uint8)] else np.int32)
-    dead_bit = _DEAD_BIT[idx.dtype] if relu_input and idx is not None else 0
 
     def run(a, b):
-        src = [(t, o, xt[a:b, i[0], i[1]]) for t, o, i in taps]
-        _max_into(src, geo["covers"], out[a:b], None if idx is None else idx[a:b])
-        if dead_bit:
-            dead = np.greater(out[a:b], 0)        # a quarter of the input: cheap
-            np.logical_not(dead, out=dead)
-            idx[a:b] |= dead.view(np.uint8) * idx.dtype.type(dead_bit)
+        max_pool_chunk(xt[a:b], geo, out[a:b], None if idx is None else idx[a:b], relu_input)
 
-    parallel_for(n, run, x.nbytes)
+    parallel_for(x.shape[0], run, x.nbytes)
     return nchw(out), (None if idx is None else (idx, geo, x.shape))
+
+
+def max_pool_outputs(geo: dict, in_shape, dtype, keep_index: bool):
+    """Fresh NHWC arrays for a max pool of an (N, C, H, W) input: (out, index or None)."""
+    n, c = in_shape[:2]
+    ho, wo = geo["out_hw"]
+    out = _recycle.empty((n, ho, wo, c), dtype=dtype)
+    idx = None
+    if keep_index:
+        ntaps = geo["kernel"][0] * geo["kernel"][1]
+        idx = _recycle.empty((n, ho, wo, c), dtype=np.uint8 if ntaps < _DEAD_BIT[np.dtype(np.uint8)] else np.int32)
+    return out, idx
+
+
+def max_pool_chunk(xt: np.ndarray, geo: dict, out: np.ndarray, idx: np.ndarray | None = None,
+                   relu_input: bool = False) -> None:
+    """Max-pool a batch chunk: NHWC input ``xt`` -> the same images' NHWC ``out``, and the
+    winning taps into ``idx`` unless it is None (``relu_input``: see ``max_pool2d_forward``).
+    Serial: the caller shares the chunks out to the threads."""
+    src = [(t, o, xt[:, i[0], i[1]]) for t, o, i in _taps(geo)]
+    _max_into(src, geo["covers"], out, idx)
+    if relu_input and idx is not None:
+        dead = np.greater(out, 0)                 # a quarter of the input: cheap
+        np.logical_not(dead, out=dead)
+        idx |= dead.view(np.uint8) * idx.dtype.type(_DEAD_BIT[idx.dtype])
 
 
 def _max_into(taps, covers, out, idx):

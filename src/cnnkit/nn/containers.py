@@ -20,7 +20,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .activation import ReLU
+from .conv import Conv2d
 from .module import Module, is_grad_enabled
+from .pooling import MaxPool2d
 
 __all__ = ["Sequential", "Concat", "Residual"]
 
@@ -59,20 +61,22 @@ def _release_cache(module: Module) -> None:
 
 
 class _one_call:
-    """Set hand-over flags on ``module`` for the length of one call (only the true ones),
-    and clear them afterwards, even when the call raises. The flags Sequential uses:
+    """Set hand-over flags on ``module`` for the length of one call (only the true ones, to
+    their values), and clear them afterwards, even when the call raises. The flags Sequential uses:
     ``_input_is_scratch`` (the array received may be overwritten), ``_input_is_rectified``
     (a fused ReLU already clipped it), ``_fuse_relu`` (apply the next ReLU in your own
-    output pass) and ``_input_is_relu_output`` (fold the backward of the ReLU before you
-    into yours; a layer that does so answers by setting ``_relu_grad_folded``)."""
+    output pass), ``_input_is_relu_output`` (fold the backward of the ReLU before you
+    into yours; a layer that does so answers by setting ``_relu_grad_folded``) and
+    ``_fuse_relu_max_pool`` (a MaxPool2d: apply the next ReLU and that pool yourself, and
+    set the pool's cache; answered by setting ``_relu_max_pool_fused``)."""
 
-    def __init__(self, module: Module, **flags: bool):
+    def __init__(self, module: Module, **flags):
         self.module = module
-        self.flags = [name for name, on in flags.items() if on]
+        self.flags = {name: value for name, value in flags.items() if value is not False and value is not None}
 
     def __enter__(self):
-        for name in self.flags:
-            self.module.__dict__[name] = True
+        for name, value in self.flags.items():
+            self.module.__dict__[name] = value
 
     def __exit__(self, *exc):
         for name in self.flags:
@@ -90,6 +94,16 @@ def _fusable(producer: Module, consumer: Module) -> bool:
     exactly a ReLU that would work in place, and no hook would see the difference."""
     return (producer.fuses_relu and type(consumer) is ReLU and not producer._forward_hooks
             and not consumer._forward_hooks)
+
+
+def _poolable(conv: Module, relu: Module, pool: Module) -> bool:
+    """Whether ``conv -> relu -> pool`` can run as one pass (``nn._conv_pool``): a Conv2d,
+    exactly a ReLU and exactly a MaxPool2d, no hook on any of them, and either no gradient
+    wanted or a pool in training mode (an eval-mode pool recomputes its winners in
+    backward from the full-size input, which the fused pass does not keep)."""
+    return (isinstance(conv, Conv2d) and type(relu) is ReLU and type(pool) is MaxPool2d
+            and not (conv._forward_hooks or relu._forward_hooks or pool._forward_hooks)
+            and (pool.training or not is_grad_enabled()))
 
 
 def _foldable(relu: Module, consumer: Module) -> bool:
@@ -213,15 +227,21 @@ class Sequential(_Container):
         # 2.4 ms of a 55 ms step).
         folded = set()
         grad_enabled = is_grad_enabled()
-        for i, (name, m) in enumerate(children):
+        i = 0
+        while i < len(children):
+            name, m = children[i]
             fuse = i + 1 < len(children) and _fusable(m, children[i + 1][1])
             fold = grad_enabled and i > 0 and _foldable(children[i - 1][1], m)
+            # Conv2d -> ReLU -> MaxPool2d in one pass (nn._conv_pool): the pool after the ReLU.
+            pool = children[i + 2][1] if fuse and i + 2 < len(children) and _poolable(
+                m, children[i + 1][1], children[i + 2][1]) else None
             inp = x
             try:
                 scratch = _takes_scratch(m, x_is_scratch)
                 m.__dict__.pop("_relu_grad_folded", None)
+                m.__dict__.pop("_relu_max_pool_fused", None)
                 with _one_call(m, _input_is_scratch=scratch, _input_is_rectified=scratch and fused,
-                               _fuse_relu=fuse, _input_is_relu_output=fold):
+                               _fuse_relu=fuse, _input_is_relu_output=fold, _fuse_relu_max_pool=pool):
                     x = m(x)
             except (ValueError, TypeError) as exc:
                 # The layer's own message says what was wrong; the note says where it sits.
@@ -230,8 +250,17 @@ class Sequential(_Container):
                 raise
             if fold and m.__dict__.pop("_relu_grad_folded", False):
                 folded.add(i - 1)
+            if pool is not None and m.__dict__.pop("_relu_max_pool_fused", False):
+                # The ReLU and the pool ran inside m; the pool's cache folds the ReLU's backward.
+                children[i + 1][1]._cache = None
+                if grad_enabled:
+                    folded.add(i + 1)
+                x_is_scratch, fused = True, False
+                i += 3
+                continue
             x_is_scratch = _is_private(m, m.returns_fresh_output, x, inp)
             fused = fuse and x_is_scratch
+            i += 1
         self.__dict__["_folded_relu_grads"] = folded
         return x
 

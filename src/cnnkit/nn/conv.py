@@ -8,7 +8,7 @@ import numpy as np
 
 from ..random import get_generator
 from . import functional as F
-from .module import DEFAULT_DTYPE, Module, Parameter
+from .module import DEFAULT_DTYPE, Module, Parameter, is_grad_enabled
 
 
 def _check_4d(layer: Module, x: np.ndarray) -> None:
@@ -130,10 +130,20 @@ class Conv2d(Module):
         # backward of the ReLU before this layer to be folded into ours (one call each).
         relu = self.__dict__.get("_fuse_relu", False)
         relu_input = self.__dict__.get("_input_is_relu_output", False)
-        out, self._cache = F.conv2d_forward(x, w, bias, self.stride, pads, self.dilation, self.groups, relu=relu,
-                                            relu_input=relu_input)
+        pool = self.__dict__.get("_fuse_relu_max_pool", False)
         if relu_input:
             self.__dict__["_relu_grad_folded"] = True  # Sequential skips that ReLU's backward
+        if pool:
+            # ... or even the ReLU and the MaxPool2d after it: one pass, the pool's cache
+            # set here (see Sequential and nn._conv_pool).
+            out, self._cache, pool._cache = F.conv2d_relu_max_pool2d(
+                x, w, bias, self.stride, pads, self.dilation, self.groups, pool.kernel_size, pool.stride,
+                pool.padding, pool.ceil_mode, keep_cache=pool.training and is_grad_enabled(),
+                relu_input=relu_input)
+            self.__dict__["_relu_max_pool_fused"] = True
+            return out
+        out, self._cache = F.conv2d_forward(x, w, bias, self.stride, pads, self.dilation, self.groups, relu=relu,
+                                            relu_input=relu_input)
         return out
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray | None:

@@ -41,15 +41,16 @@ __all__ = [
 ]
 
 from . import _recycle
-from ._conv_kernels import (column_sums, depthwise_backward, depthwise_forward, gemm_conv_forward,
-                            gemm_conv_input_grad, gemm_conv_param_grads)
+from ._conv_kernels import (column_sums, conv_forward_kernel, depthwise_backward, gemm_conv_input_grad,
+                            gemm_conv_param_grads)
+from ._conv_pool import conv_relu_max_pool
 from ._epilogue import mask_by_positive
 from ._parallel import get_num_threads, parallel_for, parallel_matmul, set_num_threads
 from ._im2col import (col2im, conv_output_size, im2col, nchw as _nchw, nhwc as _nhwc, pair,
                       pool_output_size, resolve_conv_padding, same_padding)
 from ._pool_kernels import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward,
                             adaptive_windows, avg_pool2d, avg_pool2d_backward, avg_pool2d_forward,
-                            max_pool2d, max_pool2d_backward, max_pool2d_forward)
+                            max_pool2d, max_pool2d_backward, max_pool2d_forward, pool_geometry)
 
 
 # ---------------------------------------------------------------------------------- conv
@@ -87,6 +88,44 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
         ``(out, cache)``: out (N, O, Ho, Wo) in NHWC memory; cache for ``conv2d_backward``
         (None when ``keep_cache`` is False).
     """
+    x, xt, geometry, bias = _conv_setup(x, weight, bias, stride, padding, dilation, groups, relu_input)
+    out = conv_forward_kernel(xt.shape[3], weight, groups, geometry, bias, relu)(xt)
+    cache = (xt, groups, geometry) if keep_cache else None
+    return _nchw(out), cache
+
+
+def conv2d_relu_max_pool2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride, padding,
+                           dilation, groups: int, pool_kernel, pool_stride=None, pool_padding=0,
+                           ceil_mode: bool = False, keep_cache: bool = True, relu_input: bool = False):
+    """``max_pool2d(relu(conv2d(x)))`` in one pass over the batch (``_conv_pool``): the
+    full-size convolution output is never kept.
+
+    Args:
+        x, weight, bias, stride, padding, dilation, groups, relu_input: as ``conv2d_forward``.
+        pool_kernel, pool_stride, pool_padding, ceil_mode: as ``max_pool2d_forward``.
+        keep_cache: keep what backward needs (the convolution's cache and the pool's
+            winning taps); the pool's index marks windows without a positive maximum as
+            dead, so ``max_pool2d_backward`` returns the gradient with respect to the ReLU's
+            input: the ReLU's backward is folded into the pool's.
+
+    Returns:
+        ``(out, conv_cache, pool_cache)``: out (N, O, Hp, Wp) in NHWC memory; the caches for
+        ``conv2d_backward`` and ``max_pool2d_backward`` (None when ``keep_cache`` is False).
+    """
+    x, xt, geometry, bias = _conv_setup(x, weight, bias, stride, padding, dilation, groups, relu_input)
+    n, o = x.shape[0], weight.shape[0]
+    conv_shape = (n, o) + geometry["out_hw"]
+    pool_geo = pool_geometry(conv_shape, pool_kernel, pool_stride, pool_padding, ceil_mode, "max_pool2d")
+    kernel = conv_forward_kernel(xt.shape[3], weight, groups, geometry, bias, relu=True)
+    out, idx = conv_relu_max_pool(xt, kernel, conv_shape, pool_geo, keep_cache, weight.dtype)
+    if not keep_cache:
+        return _nchw(out), None, None
+    return _nchw(out), (xt, groups, geometry), (idx, pool_geo, conv_shape)
+
+
+def _conv_setup(x, weight, bias, stride, padding, dilation, groups, relu_input):
+    """Checked arguments of a convolution: (x in the weight's dtype, its NHWC view, the
+    geometry dict the kernels and the cache use, bias in the weight's dtype)."""
     _check_conv_args(x, weight, groups)
     if x.dtype != weight.dtype:
         x = x.astype(weight.dtype)
@@ -104,17 +143,11 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
             f"conv2d: input of spatial size ({h}, {w}) with padding {pads} is too small for "
             f"kernel_size ({kh}, {kw}) with dilation {dilation}"
         )
-    xt = _nhwc(x)
     geometry = dict(kernel=(kh, kw), stride=stride, dilation=dilation, pads=pads, out_hw=(ho, wo),
                     relu_input=bool(relu_input))
     if bias is not None:
         bias = bias.astype(weight.dtype, copy=False)
-    if groups > 1 and cg == 1:
-        out = depthwise_forward(xt, weight, geometry, bias, relu)
-    else:
-        out = gemm_conv_forward(xt, weight, groups, geometry, bias, relu)
-    cache = (xt, groups, geometry) if keep_cache else None
-    return _nchw(out), cache
+    return x, _nhwc(x), geometry, bias
 
 
 def conv2d_backward(grad_out: np.ndarray, cache, weight: np.ndarray, need_input_grad: bool = True,
