@@ -140,13 +140,6 @@ def conv_forward_kernel(c: int, weight: np.ndarray, groups: int, geo: dict, bias
     return gemm
 
 
-def gemm_conv_forward(xt: np.ndarray, weight: np.ndarray, groups: int, geo: dict,
-                      bias: np.ndarray | None = None, relu: bool = False) -> np.ndarray:
-    """NHWC input (N, H, W, C) -> NHWC output (N, Ho, Wo, O), a fresh array (any groups,
-    depthwise included); ``relu``: a fused ReLU (see ``conv_forward_kernel``)."""
-    return conv_forward_kernel(xt.shape[3], weight, groups, geo, bias, relu)(xt)
-
-
 def _pointwise_conv(xt: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
                     relu: bool = False) -> np.ndarray:
     """1x1 stride-1 unpadded convolution of a C-contiguous NHWC input: a plain GEMM

@@ -238,8 +238,6 @@ class Sequential(_Container):
             inp = x
             try:
                 scratch = _takes_scratch(m, x_is_scratch)
-                m.__dict__.pop("_relu_grad_folded", None)
-                m.__dict__.pop("_relu_max_pool_fused", None)
                 with _one_call(m, _input_is_scratch=scratch, _input_is_rectified=scratch and fused,
                                _fuse_relu=fuse, _input_is_relu_output=fold, _fuse_relu_max_pool=pool):
                     x = m(x)
@@ -248,9 +246,10 @@ class Sequential(_Container):
                 if hasattr(exc, "add_note"):
                     exc.add_note(f"  in Sequential layer {name!r} ({type(m).__name__})")
                 raise
-            if fold and m.__dict__.pop("_relu_grad_folded", False):
+            # The layer's answers (a layer that ignores a request leaves them unset).
+            if m.__dict__.pop("_relu_grad_folded", False) and fold:
                 folded.add(i - 1)
-            if pool is not None and m.__dict__.pop("_relu_max_pool_fused", False):
+            if m.__dict__.pop("_relu_max_pool_fused", False) and pool is not None:
                 # The ReLU and the pool ran inside m; the pool's cache folds the ReLU's backward.
                 children[i + 1][1]._cache = None
                 if grad_enabled:
