@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_vs_torch import add_timing_args, interleaved_rates, run_conditions, set_threads  # noqa: E402
+from bench_vs_torch import add_timing_args, interleaved_rates, run_conditions, set_malloc, set_threads  # noqa: E402
 
 IMAGE_SIZE = 224
 
@@ -75,9 +75,10 @@ def main(argv=None) -> int:
     add_timing_args(ap, batch_sizes=[1, 8], rounds=5, min_time=0.5)
     args = ap.parse_args(argv)
 
+    malloc = set_malloc(args)
     set_threads(args.threads)
     ours, ref = build_models()
-    print(f"# EfficientNet-Lite0 inference {IMAGE_SIZE}x{IMAGE_SIZE}, cnnkit vs {run_conditions(args)}\n")
+    print(f"# EfficientNet-Lite0 inference {IMAGE_SIZE}x{IMAGE_SIZE}, cnnkit vs {run_conditions(args)}; {malloc}\n")
     print("| batch | cnnkit img/s | PyTorch img/s | ratio |")
     print("|---:|---:|---:|---:|")
     for n in args.batch_sizes:

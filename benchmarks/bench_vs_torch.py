@@ -11,6 +11,9 @@ between rounds); the table shows the medians over rounds and the ratio cnnkit / 
 (> 1: cnnkit is faster). Both libraries use ``--threads`` threads (PyTorch intra-op; cnnkit's
 kernel pool and NumPy's OpenBLAS).
 Absolute numbers on a shared machine are noisy; the ratio of interleaved runs is not.
+glibc's malloc thresholds are pinned first (``malloc_state``; ``--malloc default`` keeps
+glibc's dynamic ones): PyTorch's speed otherwise depends on what the process freed before,
+and moved by up to 1.6x between runs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_models as R  # noqa: E402
+from malloc_state import pin_malloc_thresholds  # noqa: E402
 
 
 def cnnkit_steps(name, n, mode, seed=0):
@@ -129,6 +133,15 @@ def add_timing_args(ap: argparse.ArgumentParser, batch_sizes, rounds: int, min_t
     ap.add_argument("--pause", type=float, default=0.5, help="seconds between the libraries' timings")
     ap.add_argument("--min-time", type=float, default=min_time, help="seconds per timing (sets the steps)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--malloc", choices=["pinned", "default"], default="pinned",
+                    help="pin glibc's malloc thresholds (see malloc_state.py) or keep its dynamic ones")
+
+
+def set_malloc(args) -> str:
+    """Apply ``--malloc``; returns the line for the header."""
+    if args.malloc == "pinned":
+        return pin_malloc_thresholds()
+    return "glibc malloc: default (dynamic) thresholds"
 
 
 def run_conditions(args) -> str:
@@ -150,8 +163,9 @@ def main(argv=None) -> int:
     add_timing_args(ap, batch_sizes=[64, 256], rounds=5, min_time=0.4)
     args = ap.parse_args(argv)
 
+    malloc = set_malloc(args)
     set_threads(args.threads)
-    print(f"# cnnkit vs {run_conditions(args)}\n")
+    print(f"# cnnkit vs {run_conditions(args)}; {malloc}\n")
     print("| model | batch | mode | cnnkit img/s | PyTorch img/s | ratio |")
     print("|---|---:|---|---:|---:|---:|")
     for name in args.models:
