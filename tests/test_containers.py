@@ -571,31 +571,39 @@ def _conv_pool_cases():
 CONV_POOL_CASES = _conv_pool_cases()
 
 
-def _conv_pool_model(name):
+#: The two orders that run as one pass: (index of the ReLU, index of the pool) after the conv.
+POOL_ORDERS = {"relu_then_pool": (1, 2), "pool_then_relu": (2, 1)}
+
+
+def _conv_pool_model(name, order="relu_then_pool"):
     conv, pool = CONV_POOL_CASES[name]()
     conv.bias.data -= np.float32(0.3)                # dead windows too
+    if order == "pool_then_relu":                    # LeNet's order
+        return Sequential(conv, pool, ReLU())
     return Sequential(conv, ReLU(), pool)
 
 
+@pytest.mark.parametrize("order", list(POOL_ORDERS))
 @pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["one_chunk", "one_image_per_chunk"])
 @pytest.mark.parametrize("name", list(CONV_POOL_CASES))
-def test_conv_relu_maxpool_in_one_pass_equals_the_layers_one_by_one(name, chunk_bytes, monkeypatch):
+def test_conv_relu_maxpool_in_one_pass_equals_the_layers_one_by_one(name, chunk_bytes, order, monkeypatch):
     from cnnkit.nn import _conv_pool
     if chunk_bytes:
         monkeypatch.setattr(_conv_pool, "CHUNK_BYTES", chunk_bytes)
     cnnkit.manual_seed(0)
-    model = _conv_pool_model(name)
+    model = _conv_pool_model(name, order)
+    relu, pool = (model[k] for k in POOL_ORDERS[order])
     c = model[0].in_channels
     x = _x((5, c, 9, 9)).astype(np.float32)
     # Inference: one pass, nothing kept by the ReLU or the pool.
     with cnnkit.no_grad():
         model.eval()
         out_eval = model(x)
-    assert model[1]._cache is None and model[2]._cache is None
+    assert relu._cache is None and pool._cache is None
     # Training: the pool keeps its winners (dead windows marked), the ReLU nothing.
     model.train()
     out = model(x)
-    assert model[1]._cache is None and model[2]._cache is not None
+    assert relu._cache is None and pool._cache is not None
     g = _x(out.shape, 1).astype(np.float32)
     counts = _count_relu_backward(model)
     gx = model.backward(g)
@@ -633,7 +641,35 @@ def test_conv_relu_maxpool_not_fused_when_observed_or_eval_with_gradients():
     assert len(seen) == 1 and (seen[0] >= 0).all()     # the hook saw the ReLU's output
 
 
-def test_conv_relu_maxpool_one_pass_gradcheck_float64():
+@pytest.mark.parametrize("order", list(POOL_ORDERS))
+def test_conv_relu_maxpool_one_pass_gradcheck_float64(order):
     cnnkit.manual_seed(0)
-    model = _conv_pool_model("im2col_gemm").double()
+    model = _conv_pool_model("im2col_gemm", order).double()
     assert gradcheck(model, _x((2, 8, 6, 6)))
+
+
+def test_conv_maxpool_relu_not_fused_when_the_relu_is_observed():
+    from cnnkit.nn import Conv2d, MaxPool2d
+    cnnkit.manual_seed(0)
+    model = Sequential(Conv2d(2, 4, 3, padding=1), MaxPool2d(2), ReLU())
+    model[0].bias.data -= np.float32(0.3)
+    x = _x((2, 2, 6, 6)).astype(np.float32)
+    seen = []
+    model[2].register_forward_hook(lambda m, inp, o: seen.append(inp))
+    model(x)
+    assert model[1]._cache is not None and model[2]._cache is not None   # each ran on its own
+    assert len(seen) == 1 and (seen[0] < 0).any()      # the hook saw the pool's raw output
+
+
+def test_lenet_order_matches_torch():
+    torch = pytest.importorskip("torch")
+    from cnnkit.nn import Conv2d, Flatten, Linear, MaxPool2d
+    cnnkit.manual_seed(0)
+    ours = Sequential(Conv2d(1, 6, 5), MaxPool2d(2), ReLU(), Conv2d(6, 8, 5), MaxPool2d(2), ReLU(),
+                      Flatten(), Linear(8 * 4 * 4, 10))
+    nn = torch.nn
+    ref = nn.Sequential(nn.Conv2d(1, 6, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(6, 8, 5), nn.MaxPool2d(2),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    _copy_to_torch(torch, ours, ref)
+    x = _x((4, 1, 28, 28)).astype(np.float32)
+    _run_both(torch, ours, ref, x, _x((4, 10), 1).astype(np.float32))

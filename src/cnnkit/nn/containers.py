@@ -106,6 +106,24 @@ def _poolable(conv: Module, relu: Module, pool: Module) -> bool:
             and (pool.training or not is_grad_enabled()))
 
 
+def _relu_max_pool_after(children: list, i: int, relu_next: bool) -> tuple[Module | None, int]:
+    """(the MaxPool2d that child ``i`` can run in one pass with a ReLU, the ReLU's index),
+    or (None, -1). ``relu_next``: child i + 1 is a ReLU fusable into child i.
+
+    Two orders qualify: conv -> ReLU -> pool, and conv -> pool -> ReLU. They compute the
+    same values (``max(relu(a), relu(b)) == relu(max(a, b))``), pick the same winner in
+    every window whose maximum is positive, and give every other window no gradient (the
+    ReLU's mask after the pool; the dead index before it), so one pass serves both."""
+    if i + 2 >= len(children):
+        return None, -1
+    conv, second, third = children[i][1], children[i + 1][1], children[i + 2][1]
+    if relu_next and _poolable(conv, second, third):
+        return third, i + 1
+    if _fusable(conv, third) and _poolable(conv, third, second):
+        return second, i + 2
+    return None, -1
+
+
 def _foldable(relu: Module, consumer: Module) -> bool:
     """Whether the backward of ``relu`` can be folded into the backward of ``consumer``, the
     layer after it: the consumer supports it, the producer is exactly a ReLU, and no hook
@@ -232,9 +250,9 @@ class Sequential(_Container):
             name, m = children[i]
             fuse = i + 1 < len(children) and _fusable(m, children[i + 1][1])
             fold = grad_enabled and i > 0 and _foldable(children[i - 1][1], m)
-            # Conv2d -> ReLU -> MaxPool2d in one pass (nn._conv_pool): the pool after the ReLU.
-            pool = children[i + 2][1] if fuse and i + 2 < len(children) and _poolable(
-                m, children[i + 1][1], children[i + 2][1]) else None
+            # Conv2d -> ReLU -> MaxPool2d in one pass (nn._conv_pool), or Conv2d -> MaxPool2d
+            # -> ReLU (LeNet's order): max and ReLU commute, so both are the same pass.
+            pool, relu_at = _relu_max_pool_after(children, i, fuse)
             inp = x
             try:
                 scratch = _takes_scratch(m, x_is_scratch)
@@ -251,9 +269,9 @@ class Sequential(_Container):
                 folded.add(i - 1)
             if m.__dict__.pop("_relu_max_pool_fused", False) and pool is not None:
                 # The ReLU and the pool ran inside m; the pool's cache folds the ReLU's backward.
-                children[i + 1][1]._cache = None
+                children[relu_at][1]._cache = None
                 if grad_enabled:
-                    folded.add(i + 1)
+                    folded.add(relu_at)
                 x_is_scratch, fused = True, False
                 i += 3
                 continue
