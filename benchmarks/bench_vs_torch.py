@@ -90,8 +90,8 @@ def time_steps(fn, steps: int) -> float:
 
 def interleaved_rates(ck, th, n: int, rounds: int, pause: float, min_time: float):
     """Median images/s of the two one-batch step functions: warm-up, then ``rounds`` rounds
-    that time each library for about ``min_time`` seconds, a pause before each timing and
-    the order alternating between rounds. Returns (cnnkit, torch, steps per timing)."""
+    that time each library for about ``min_time`` seconds, a pause and one untimed step
+    before each timing and the order alternating between rounds. Returns (cnnkit, torch, steps per timing)."""
     for fn in (ck, th, ck, th):  # warm up: workspaces, allocators, thread pools
         fn()
     # Steps per timing: enough for ~min_time seconds of the slower library.
@@ -104,6 +104,9 @@ def interleaved_rates(ck, th, n: int, rounds: int, pause: float, min_time: float
             order.reverse()
         for lib, fn in order:
             time.sleep(pause)
+            # One untimed step first: after the pause the cores have been idle, and the
+            # first step after idling ran up to 1.2x slower here (both libraries).
+            fn()
             rates[lib].append(steps * n / time_steps(fn, steps))
     return float(np.median(rates["cnnkit"])), float(np.median(rates["torch"])), steps
 
