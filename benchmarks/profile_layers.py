@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference_models as R  # noqa: E402
+from malloc_state import pin_malloc_thresholds  # noqa: E402
 
 
 CLOCK = time.perf_counter
@@ -108,6 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--blas-compare", action="store_true",
                     help="cnnkit alone, NumPy's GEMM against MKL's (the [mkl] extra), interleaved")
     args = ap.parse_args(argv)
+    malloc = pin_malloc_thresholds()   # PyTorch in its fastest state (see malloc_state.py)
     global CLOCK
     CLOCK = time.thread_time if args.clock == "thread" else time.perf_counter
     from cnnkit.nn import functional as F
@@ -132,7 +134,7 @@ def main(argv=None) -> int:
     tmodel = R.build_torch(args.model, model) if torch is not None else None
     x, _ = R.batch(args.model, args.batch)
     peak = gemm_peak()
-    print(f"# {args.model}, batch {args.batch}, np.matmul float32 GEMM peak {peak:.1f} GFLOP/s\n")
+    print(f"# {args.model}, batch {args.batch}, np.matmul float32 GEMM peak {peak:.1f} GFLOP/s; {malloc}\n")
     rng = np.random.default_rng(1)
     rows, total = [], np.zeros(4)
     layers = list(model)
