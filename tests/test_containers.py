@@ -648,12 +648,16 @@ def test_conv_relu_maxpool_one_pass_gradcheck_float64(order):
     assert gradcheck(model, _x((2, 8, 6, 6)))
 
 
-def test_conv_maxpool_relu_not_fused_when_the_relu_is_observed():
+def test_conv_maxpool_relu_not_fused_when_the_relu_is_observed_or_eval_with_gradients():
     from cnnkit.nn import Conv2d, MaxPool2d
     cnnkit.manual_seed(0)
     model = Sequential(Conv2d(2, 4, 3, padding=1), MaxPool2d(2), ReLU())
     model[0].bias.data -= np.float32(0.3)
     x = _x((2, 2, 6, 6)).astype(np.float32)
+    model.eval()                       # eval with gradients: the pool keeps its full-size input
+    model(x)
+    assert model[1]._cache[0] == "recompute" and model[2]._cache is not None
+    model.train()
     seen = []
     model[2].register_forward_hook(lambda m, inp, o: seen.append(inp))
     model(x)
