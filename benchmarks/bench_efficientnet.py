@@ -23,7 +23,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_vs_torch import add_timing_args, interleaved_rates, run_conditions, set_malloc, set_threads  # noqa: E402
+from bench_vs_torch import (add_timing_args, interleaved_rates, run_conditions, set_malloc,  # noqa: E402
+                            set_threads)
 
 IMAGE_SIZE = 224
 

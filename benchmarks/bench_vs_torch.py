@@ -91,7 +91,8 @@ def time_steps(fn, steps: int) -> float:
 def interleaved_rates(ck, th, n: int, rounds: int, pause: float, min_time: float):
     """Median images/s of the two one-batch step functions: warm-up, then ``rounds`` rounds
     that time each library for about ``min_time`` seconds, a pause and one untimed step
-    before each timing and the order alternating between rounds. Returns (cnnkit, torch, steps per timing)."""
+    before each timing and the order alternating between rounds. Returns (cnnkit, torch,
+    steps per timing)."""
     for fn in (ck, th, ck, th):  # warm up: workspaces, allocators, thread pools
         fn()
     # Steps per timing: enough for ~min_time seconds of the slower library.
