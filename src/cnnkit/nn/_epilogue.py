@@ -6,7 +6,8 @@ Why fuse: a chunk of output that a GEMM has just written is still in cache, so a
 bias and clipping it there costs almost nothing, while a separate ReLU layer makes one more
 pass over the whole activation in memory (measured on conv4's 28x28 layers at batch 64:
 0.3-1.0 ms per ReLU). ``Sequential`` asks for the fusion when a Conv2d is followed by a
-ReLU and nothing observes the intermediate (see ``containers.py``).
+ReLU and nothing observes the intermediate (see ``containers.py``); without gradients also
+for a ReLU or ReLU6 after an eval-mode BatchNorm2d folded into the convolution.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import numpy as np
 from ._buffers import workspace
 
 
-def finish_output(dst: np.ndarray, bias: np.ndarray | None, relu: bool) -> None:
-    """In place on an output chunk (..., O): ``dst += bias``, then ``max(dst, 0)``."""
+def finish_output(dst: np.ndarray, bias: np.ndarray | None, relu: bool | float) -> None:
+    """In place on an output chunk (..., O): ``dst += bias``, then ``max(dst, 0)`` when
+    ``relu`` is True, or ``min(max(dst, 0), relu)`` when it is a number (6.0: a ReLU6)."""
     if bias is not None:
         dst += bias
-    if relu:
+    if relu is True:
         np.maximum(dst, 0, out=dst)
+    elif relu:
+        np.clip(dst, 0, relu, out=dst)
 
 
 def mask_by_positive(grad: np.ndarray, ref: np.ndarray) -> None:

@@ -19,9 +19,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .activation import ReLU
+from .activation import ReLU, ReLU6
 from .conv import Conv2d
 from .module import Module, is_grad_enabled
+from .normalization import BatchNorm2d
 from .pooling import MaxPool2d
 
 __all__ = ["Sequential", "Concat", "Residual"]
@@ -68,7 +69,9 @@ class _one_call:
     output pass), ``_input_is_relu_output`` (fold the backward of the ReLU before you
     into yours; a layer that does so answers by setting ``_relu_grad_folded``) and
     ``_fuse_relu_max_pool`` (a MaxPool2d: apply the next ReLU and that pool yourself, and
-    set the pool's cache; answered by setting ``_relu_max_pool_fused``)."""
+    set the pool's cache; answered by setting ``_relu_max_pool_fused``) and
+    ``_fold_batch_norm`` (``(bn, cap)``: fold that eval-mode BatchNorm2d and a ReLU cap into
+    your output, no gradient wanted; answered by setting ``_batch_norm_folded``)."""
 
     def __init__(self, module: Module, **flags):
         self.module = module
@@ -122,6 +125,26 @@ def _relu_max_pool_after(children: list, i: int, relu_next: bool) -> tuple[Modul
     if _fusable(conv, third) and _poolable(conv, third, second):
         return second, i + 2
     return None, -1
+
+
+def _batch_norm_after(children: list, i: int) -> tuple | None:
+    """``((bn, cap), layers)`` when child ``i`` is a Conv2d that can fold the eval-mode
+    BatchNorm2d after it, and the ReLU (cap True) or ReLU6 (cap 6.0) after that if any,
+    into its output (``Conv2d._fold_batch_norm``); ``layers``: how many children that
+    replaces (1 or 2). Else None. For inference only: the caller checks that no gradient is
+    wanted. The BatchNorm must use its running statistics, match the channels, and no hook
+    may observe the intermediates."""
+    if i + 1 >= len(children):
+        return None
+    conv, bn = children[i][1], children[i + 1][1]
+    if not (isinstance(conv, Conv2d) and type(bn) is BatchNorm2d and not bn.training
+            and bn.running_mean is not None and bn.num_features == conv.out_channels
+            and not (conv._forward_hooks or bn._forward_hooks)):
+        return None
+    act = children[i + 2][1] if i + 2 < len(children) else None
+    if act is not None and not act._forward_hooks and type(act) in (ReLU, ReLU6):
+        return (bn, True if type(act) is ReLU else 6.0), 2
+    return (bn, False), 1
 
 
 def _foldable(relu: Module, consumer: Module) -> bool:
@@ -253,11 +276,14 @@ class Sequential(_Container):
             # Conv2d -> ReLU -> MaxPool2d in one pass (nn._conv_pool), or Conv2d -> MaxPool2d
             # -> ReLU (LeNet's order): max and ReLU commute, so both are the same pass.
             pool, relu_at = _relu_max_pool_after(children, i, fuse)
+            # Inference: an eval-mode BatchNorm2d (and its ReLU / ReLU6) folded into a Conv2d.
+            bn_fold = None if grad_enabled or pool is not None else _batch_norm_after(children, i)
             inp = x
             try:
                 scratch = _takes_scratch(m, x_is_scratch)
                 with _one_call(m, _input_is_scratch=scratch, _input_is_rectified=scratch and fused,
-                               _fuse_relu=fuse, _input_is_relu_output=fold, _fuse_relu_max_pool=pool):
+                               _fuse_relu=fuse and not bn_fold, _input_is_relu_output=fold,
+                               _fuse_relu_max_pool=pool, _fold_batch_norm=bn_fold and bn_fold[0]):
                     x = m(x)
             except (ValueError, TypeError) as exc:
                 # The layer's own message says what was wrong; the note says where it sits.
@@ -274,6 +300,12 @@ class Sequential(_Container):
                     folded.add(relu_at)
                 x_is_scratch, fused = True, False
                 i += 3
+                continue
+            if m.__dict__.pop("_batch_norm_folded", False) and bn_fold is not None:
+                for k in range(1, bn_fold[1] + 1):       # they did not run: nothing to keep
+                    children[i + k][1]._cache = None
+                x_is_scratch, fused = _is_private(m, m.returns_fresh_output, x, inp), False
+                i += 1 + bn_fold[1]
                 continue
             x_is_scratch = _is_private(m, m.returns_fresh_output, x, inp)
             fused = fuse and x_is_scratch

@@ -133,6 +133,16 @@ class Conv2d(Module):
         pool = self.__dict__.get("_fuse_relu_max_pool", False)
         if relu_input:
             self.__dict__["_relu_grad_folded"] = True  # Sequential skips that ReLU's backward
+        fold = self.__dict__.get("_fold_batch_norm", None)
+        if fold:
+            # ... or, without gradients, the eval-mode BatchNorm2d after it (and the ReLU or
+            # ReLU6 after that): folded into the weight and bias, the activation a cap.
+            w, bias = _fold_batch_norm(w, bias, fold[0])
+            out, _ = F.conv2d_forward(x, w, bias, self.stride, pads, self.dilation, self.groups, keep_cache=False,
+                                      relu=fold[1])
+            self._cache = None
+            self.__dict__["_batch_norm_folded"] = True
+            return out
         if pool:
             # ... or even the ReLU and the MaxPool2d after it: one pass, the pool's cache
             # set here (see Sequential and nn._conv_pool).
@@ -200,3 +210,19 @@ class ZeroPad2d(Module):
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         shape = self._need_cache(self._cache)
         return F.pad2d_backward(grad_out, shape, self.padding)
+
+
+def _fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, bias) of the convolution that computes ``bn(conv(x))`` with ``bn``'s running
+    statistics: each output channel's kernel times ``scale``, bias ``(bias - mean) * scale
+    + shift``. Why: the BatchNorm's own pass over the activation (three passes over memory)
+    becomes nothing, and its ReLU / ReLU6 a clip in the convolution's output pass, while
+    the chunk is in cache. Costs one pass over the weights per call; PyTorch's
+    ``fuse_conv_bn_eval`` computes the same. Results differ from the unfolded layers by
+    float32 rounding only (the products are taken in another order)."""
+    mean, _, scale, shift = bn.running_affine(weight.dtype)
+    folded = weight * scale.reshape(-1, 1, 1, 1)
+    b = (-mean if bias is None else bias - mean) * scale
+    if shift is not None:
+        b += shift
+    return folded, b

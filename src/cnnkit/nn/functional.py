@@ -69,7 +69,7 @@ def _check_conv_args(x: np.ndarray, weight: np.ndarray, groups: int) -> None:
 
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
                    stride=1, padding=0, dilation=1, groups: int = 1,
-                   keep_cache: bool = True, relu: bool = False, relu_input: bool = False):
+                   keep_cache: bool = True, relu: bool | float = False, relu_input: bool = False):
     """2-D convolution (cross-correlation, as PyTorch): im2col + one (batched) GEMM.
 
     Args:
@@ -79,7 +79,8 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
         groups: channel groups (groups == C is depthwise).
         keep_cache: when False nothing is kept for backward (inference).
         relu: return ``max(conv, 0)``, the ReLU fused into the kernels' output pass (the
-            backward is still the convolution's alone: the ReLU's gradient is its own).
+            backward is still the convolution's alone: the ReLU's gradient is its own); a
+            number caps the output too: 6.0 gives ``min(max(conv, 0), 6)``, a ReLU6.
         relu_input: x is the output of a ReLU whose backward is folded into this layer's:
             ``conv2d_backward``'s input gradient is then multiplied by ``x > 0``, i.e. it is
             the gradient with respect to that ReLU's input (see ``Sequential``).

@@ -153,11 +153,7 @@ class _BatchNorm(Module):
         # Running statistics: a per-channel affine map, out = (x - mean) * scale + bias.
         # (Folding the mean into the shift would save one pass but cancels catastrophically
         # in float32 when |mean| >> std; measured: 2 % error in VGG input gradients.)
-        mean, var = self.running_mean, self.running_var
-        inv_std = (1 / np.sqrt(var + self.eps)).astype(x.dtype, copy=False)
-        scale = inv_std * self.weight.data if self.affine else inv_std
-        mean, scale = mean.astype(x.dtype, copy=False), scale.astype(x.dtype, copy=False)
-        shift = self.bias.data.astype(x.dtype, copy=False) if self.affine else None
+        mean, inv_std, scale, shift = self.running_affine(x.dtype)
         if x.ndim == 4 and x.transpose(0, 2, 3, 1).flags.c_contiguous:
             out = _eval_affine_channels_last(x, mean, scale, shift)
         else:
@@ -168,6 +164,20 @@ class _BatchNorm(Module):
         # x_hat is only needed for the weight gradient: rebuilt in backward from x if asked for.
         self._cache = (None, x, inv_std, False, axes, count)
         return out
+
+    def running_affine(self, dtype) -> tuple:
+        """The eval-mode map ``out = (x - mean) * scale (+ shift)`` from the running statistics.
+
+        Args:
+            dtype: the dtype of the vectors (the input's).
+
+        Returns:
+            ``(mean, inv_std, scale, shift)``, each (C,); shift is None without ``affine``.
+        """
+        inv_std = (1 / np.sqrt(self.running_var + self.eps)).astype(dtype, copy=False)
+        scale = inv_std * self.weight.data if self.affine else inv_std
+        shift = self.bias.data.astype(dtype, copy=False) if self.affine else None
+        return (self.running_mean.astype(dtype, copy=False), inv_std, scale.astype(dtype, copy=False), shift)
 
     def _update_running_stats(self, mean: np.ndarray, var: np.ndarray, count: int) -> None:
         self.num_batches_tracked += 1
