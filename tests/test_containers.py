@@ -677,3 +677,114 @@ def test_lenet_order_matches_torch():
     _copy_to_torch(torch, ours, ref)
     x = _x((4, 1, 28, 28)).astype(np.float32)
     _run_both(torch, ours, ref, x, _x((4, 10), 1).astype(np.float32))
+
+
+# ---------------------------------------------------------------------- eval BatchNorm folded into the conv
+def _bn_fold_cases():
+    from cnnkit.nn import Conv2d
+    return {
+        "im2col_gemm": lambda: Conv2d(8, 12, 3, padding=1),
+        "first_layer_few_channels": lambda: Conv2d(3, 8, 3, padding=1, bias=False),
+        "winograd": lambda: Conv2d(64, 128, 3, padding=1),
+        "depthwise": lambda: Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+        "pointwise": lambda: Conv2d(8, 6, 1),
+        "strided": lambda: Conv2d(8, 6, 3, stride=2, padding=1),
+    }
+
+
+BN_FOLD_CASES = _bn_fold_cases()
+ACTIVATIONS = {"none": None, "relu": ReLU, "relu6": cnnkit.nn.ReLU6}
+
+
+def _bn_fold_model(name, act, affine=True):
+    from cnnkit.nn import BatchNorm2d
+    conv = BN_FOLD_CASES[name]()
+    bn = BatchNorm2d(conv.out_channels, affine=affine)
+    rng = np.random.default_rng(3)
+    bn.running_mean[...] = rng.standard_normal(bn.num_features) * 0.5
+    bn.running_var[...] = rng.random(bn.num_features) + 0.5
+    if affine:
+        bn.weight.data[...] = rng.standard_normal(bn.num_features) * 2     # some negative scales
+        bn.bias.data[...] = rng.standard_normal(bn.num_features)
+    layers = [conv, bn] + ([ACTIVATIONS[act]()] if ACTIVATIONS[act] else [])
+    return Sequential(*layers).eval()
+
+
+def _count_forwards(module):
+    calls = []
+    original = module.forward
+
+    def counted(x):
+        calls.append(1)
+        return original(x)
+
+    module.forward = counted
+    return calls
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("name", list(BN_FOLD_CASES))
+def test_eval_batch_norm_folded_into_conv_without_gradients(name, act, affine):
+    cnnkit.manual_seed(0)
+    model = _bn_fold_model(name, act, affine)
+    x = (_x((3, model[0].in_channels, 9, 9)) * 3).astype(np.float32)
+    y = x
+    for m in model:                                    # the layers one by one: nothing folded
+        y = m(y)
+    bn_calls = _count_forwards(model[1])
+    with cnnkit.no_grad():
+        out = model(x)
+    assert bn_calls == []                              # the BatchNorm did not run: folded
+    assert all(m._cache is None for m in model)
+    assert out.shape == y.shape and out.dtype == np.float32
+    # Same map, products in another order: float32 rounding apart.
+    np.testing.assert_allclose(out, y, rtol=1e-5, atol=1e-5 * float(np.abs(y).max()))
+    if act == "relu6":
+        assert out.max() == 6 and out.min() == 0       # the cap was applied (values reach it)
+    elif act == "relu":
+        assert out.min() == 0 and (out > 0).any()
+
+
+def test_batch_norm_not_folded_with_gradients_training_mode_batch_stats_or_hooks():
+    from cnnkit.nn import BatchNorm2d, Conv2d
+    x = _x((4, 8, 6, 6)).astype(np.float32)
+
+    def folded(model):
+        calls = _count_forwards(model[1])
+        with cnnkit.no_grad():
+            model(x)
+        return calls == []
+
+    assert folded(_bn_fold_model("im2col_gemm", "relu6"))
+    model = _bn_fold_model("im2col_gemm", "relu6")
+    calls = _count_forwards(model[1])
+    model(x)                                           # eval with gradients: layers as they are
+    assert calls == [1] and model[1]._cache is not None
+    model = _bn_fold_model("im2col_gemm", "relu6").train()
+    assert not folded(model)                           # batch statistics
+    no_stats = Sequential(Conv2d(8, 4, 3), BatchNorm2d(4, track_running_stats=False), ReLU()).eval()
+    assert not folded(no_stats)                        # eval mode, but batch statistics too
+    hooked = _bn_fold_model("im2col_gemm", "relu6")
+    hooked[1].register_forward_hook(lambda m, i, o: None)
+    assert not folded(hooked)
+    act_hooked = _bn_fold_model("im2col_gemm", "relu")
+    seen = []
+    act_hooked[2].register_forward_hook(lambda m, i, o: seen.append(i))
+    assert folded(act_hooked)                          # the BatchNorm still folds ...
+    assert len(seen) == 1 and (seen[0] < 0).any()     # ... and the ReLU runs on its own
+
+
+def test_folded_batch_norm_matches_torch():
+    torch = pytest.importorskip("torch")
+    cnnkit.manual_seed(0)
+    ours = _bn_fold_model("depthwise", "relu6")
+    nn = torch.nn
+    ref = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6()).eval()
+    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()})
+    x = (_x((2, 8, 7, 7)) * 3).astype(np.float32)
+    with cnnkit.no_grad():
+        out = ours(x)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out, expected, rtol=RTOL, atol=ATOL)
