@@ -768,6 +768,9 @@ def test_batch_norm_not_folded_with_gradients_training_mode_batch_stats_or_hooks
     hooked = _bn_fold_model("im2col_gemm", "relu6")
     hooked[1].register_forward_hook(lambda m, i, o: None)
     assert not folded(hooked)
+    mixed = _bn_fold_model("im2col_gemm", "relu6")
+    mixed[1].double()                                  # the BatchNorm would cast to float64
+    assert not folded(mixed)
     act_hooked = _bn_fold_model("im2col_gemm", "relu")
     seen = []
     act_hooked[2].register_forward_hook(lambda m, i, o: seen.append(i))

@@ -132,13 +132,14 @@ def _batch_norm_after(children: list, i: int) -> tuple | None:
     BatchNorm2d after it, and the ReLU (cap True) or ReLU6 (cap 6.0) after that if any,
     into its output (``Conv2d._fold_batch_norm``); ``layers``: how many children that
     replaces (1 or 2). Else None. For inference only: the caller checks that no gradient is
-    wanted. The BatchNorm must use its running statistics, match the channels, and no hook
-    may observe the intermediates."""
+    wanted. The BatchNorm must use its running statistics, match the channels and the dtype,
+    and no hook may observe the intermediates."""
     if i + 1 >= len(children):
         return None
     conv, bn = children[i][1], children[i + 1][1]
     if not (isinstance(conv, Conv2d) and type(bn) is BatchNorm2d and not bn.training
             and bn.running_mean is not None and bn.num_features == conv.out_channels
+            and bn.running_mean.dtype == conv.weight.data.dtype     # else BN casts its input
             and not (conv._forward_hooks or bn._forward_hooks)):
         return None
     act = children[i + 2][1] if i + 2 < len(children) else None
