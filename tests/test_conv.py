@@ -410,3 +410,23 @@ def test_fused_relu_equals_relu_of_the_output(name, kwargs, shape, algorithm):
     fused, _ = F.conv2d_forward(x, *args, relu=True)
     assert (plain < 0).any()
     np.testing.assert_array_equal(fused, np.maximum(plain, 0))
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_depthwise_forward_same_on_the_threads_as_serially(batch, monkeypatch):
+    """The depthwise forward runs on the calling thread by default (GIL-bound on two);
+    its row split over the threads must give the same result, bit for bit."""
+    from cnnkit.nn import _conv_kernels, functional as F
+    cnnkit.manual_seed(0)
+    conv = Conv2d(48, 48, 5, stride=1, padding=2, groups=48)
+    x = np.random.default_rng(0).standard_normal((batch, 48, 40, 40)).astype(np.float32)
+    threads = F.get_num_threads()
+    F.set_num_threads(2)
+    try:
+        serial = conv(x)
+        monkeypatch.setattr(_conv_kernels, "DEPTHWISE_FORWARD_PARALLEL", True)
+        monkeypatch.setattr(_conv_kernels, "DEPTHWISE_CHUNK_BYTES", 16 << 10)   # several blocks per thread
+        split = conv(x)
+    finally:
+        F.set_num_threads(threads)
+    np.testing.assert_array_equal(serial, split)

@@ -321,6 +321,16 @@ def _depthwise_taps(geo, h, w):
 
 #: Depthwise kernels work on batch chunks of about this many output bytes (cache-sized).
 DEPTHWISE_CHUNK_BYTES = 256 << 10
+#: The depthwise forward (one output channel per input channel) splits its rows over the
+#: threads (False: it runs on the calling thread). Why not: it is kh*kw short NumPy calls
+#: per cache-sized block, and on two threads those calls wait for each other's GIL
+#: hand-overs (each a core wake-up here). Measured on EfficientNet-Lite0's 16 depthwise
+#: layers, every one was slower on 2 threads than on 1 (batch 8: 240 channels at 28x28
+#: 16.2 -> 21.0 ms, 32 at 112x112 16.0 -> 18.8 ms; batch 1: 672 at 14x14 1.22 -> 2.15 ms);
+#: the whole network, 2 threads, one process: batch 1 43.2 -> 34.1 ms, batch 8 215 -> 208 ms
+#: with this False. The backward's einsum calls are longer and do scale (batch 8, 32
+#: channels at 112x112: 41.2 ms on 1 thread, 22.7 on 2), so it stays parallel.
+DEPTHWISE_FORWARD_PARALLEL = False
 
 
 def depthwise_forward(xt: np.ndarray, weight: np.ndarray, geo: dict, bias: np.ndarray | None = None,
@@ -422,7 +432,10 @@ def _depthwise_rows(xt: np.ndarray, weight: np.ndarray, geo: dict, bias: np.ndar
                     dst += tmp
             finish_output(out[:, r0:r1], bias, relu)
 
-    parallel_for(ho, run, out.nbytes * max(len(taps), 1))
+    if DEPTHWISE_FORWARD_PARALLEL:
+        parallel_for(ho, run, out.nbytes * max(len(taps), 1))
+    else:
+        run(0, ho)
     return out
 
 
