@@ -430,3 +430,18 @@ def test_depthwise_forward_same_on_the_threads_as_serially(batch, monkeypatch):
     finally:
         F.set_num_threads(threads)
     np.testing.assert_array_equal(serial, split)
+
+
+def test_conv2d_forward_relu_flag_and_cap():
+    """``relu`` is a flag (NumPy bools too, never read as a cap of 1) or a cap (6.0: ReLU6)."""
+    from cnnkit.nn import functional as F
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32) * 4
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    plain = F.conv2d(x, w, None, padding=1)
+    assert plain.max() > 6 and plain.min() < 0
+    for flag in (True, np.True_):
+        out, _ = F.conv2d_forward(x, w, None, 1, 1, 1, 1, keep_cache=False, relu=flag)
+        np.testing.assert_array_equal(out, np.maximum(plain, 0))
+    out, _ = F.conv2d_forward(x, w, None, 1, 1, 1, 1, keep_cache=False, relu=6.0)
+    np.testing.assert_array_equal(out, np.clip(plain, 0, 6))

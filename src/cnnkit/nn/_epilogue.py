@@ -22,8 +22,9 @@ def finish_output(dst: np.ndarray, bias: np.ndarray | None, relu: bool | float) 
     ``relu`` is True, or ``min(max(dst, 0), relu)`` when it is a number (6.0: a ReLU6)."""
     if bias is not None:
         _add_per_channel(dst, bias)
-    if relu is True:
-        np.maximum(dst, 0, out=dst)
+    if isinstance(relu, (bool, np.bool_)):    # a flag (np.True_ too), never a cap of 1
+        if relu:
+            np.maximum(dst, 0, out=dst)
     elif relu:
         np.clip(dst, 0, relu, out=dst)
 
@@ -50,10 +51,7 @@ def _add_per_channel(dst: np.ndarray, vec: np.ndarray) -> None:
         elif dst.strides[-2] == c * dst.itemsize and 1 < dst.shape[-2] * c <= TILE_MAX:
             k = dst.shape[-2]
             rows = dst.view()
-            try:
-                rows.shape = dst.shape[:-2] + (k * c,)   # raises instead of copying
-            except AttributeError:
-                rows = None
+            rows.shape = dst.shape[:-2] + (k * c,)   # a view: the last two axes are contiguous
     if rows is None:
         dst += vec
     else:

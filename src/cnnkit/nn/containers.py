@@ -127,21 +127,21 @@ def _relu_max_pool_after(children: list, i: int, relu_next: bool) -> tuple[Modul
     return None, -1
 
 
-def _batch_norm_after(children: list, i: int) -> tuple | None:
+def _batch_norm_after(children: list, i: int) -> tuple[tuple | None, int]:
     """``((bn, cap), layers)`` when child ``i`` is a Conv2d that can fold the eval-mode
     BatchNorm2d after it, and the ReLU (cap True) or ReLU6 (cap 6.0) after that if any,
     into its output (``Conv2d._fold_batch_norm``); ``layers``: how many children that
-    replaces (1 or 2). Else None. For inference only: the caller checks that no gradient is
-    wanted. The BatchNorm must use its running statistics, match the channels and the dtype,
-    and no hook may observe the intermediates."""
+    replaces (1 or 2). Else (None, 0). For inference only: the caller checks that no
+    gradient is wanted. The BatchNorm must use its running statistics, match the channels
+    and the dtype, and no hook may observe the intermediates."""
     if i + 1 >= len(children):
-        return None
+        return None, 0
     conv, bn = children[i][1], children[i + 1][1]
     if not (isinstance(conv, Conv2d) and type(bn) is BatchNorm2d and not bn.training
             and bn.running_mean is not None and bn.num_features == conv.out_channels
             and bn.running_mean.dtype == conv.weight.data.dtype     # else BN casts its input
             and not (conv._forward_hooks or bn._forward_hooks)):
-        return None
+        return None, 0
     act = children[i + 2][1] if i + 2 < len(children) else None
     if act is not None and not act._forward_hooks and type(act) in (ReLU, ReLU6):
         return (bn, True if type(act) is ReLU else 6.0), 2
@@ -278,13 +278,13 @@ class Sequential(_Container):
             # -> ReLU (LeNet's order): max and ReLU commute, so both are the same pass.
             pool, relu_at = _relu_max_pool_after(children, i, fuse)
             # Inference: an eval-mode BatchNorm2d (and its ReLU / ReLU6) folded into a Conv2d.
-            bn_fold = None if grad_enabled or pool is not None else _batch_norm_after(children, i)
+            bn_fold, bn_layers = (None, 0) if grad_enabled or pool is not None else _batch_norm_after(children, i)
             inp = x
             try:
                 scratch = _takes_scratch(m, x_is_scratch)
                 with _one_call(m, _input_is_scratch=scratch, _input_is_rectified=scratch and fused,
-                               _fuse_relu=fuse and not bn_fold, _input_is_relu_output=fold,
-                               _fuse_relu_max_pool=pool, _fold_batch_norm=bn_fold and bn_fold[0]):
+                               _fuse_relu=fuse, _input_is_relu_output=fold, _fuse_relu_max_pool=pool,
+                               _fold_batch_norm=bn_fold):
                     x = m(x)
             except (ValueError, TypeError) as exc:
                 # The layer's own message says what was wrong; the note says where it sits.
@@ -303,10 +303,10 @@ class Sequential(_Container):
                 i += 3
                 continue
             if m.__dict__.pop("_batch_norm_folded", False) and bn_fold is not None:
-                for k in range(1, bn_fold[1] + 1):       # they did not run: nothing to keep
+                for k in range(1, bn_layers + 1):        # they did not run: nothing to keep
                     children[i + k][1]._cache = None
                 x_is_scratch, fused = _is_private(m, m.returns_fresh_output, x, inp), False
-                i += 1 + bn_fold[1]
+                i += 1 + bn_layers
                 continue
             x_is_scratch = _is_private(m, m.returns_fresh_output, x, inp)
             fused = fuse and x_is_scratch

@@ -219,7 +219,11 @@ def _fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn) -> tuple[n
     becomes nothing, and its ReLU / ReLU6 a clip in the convolution's output pass, while
     the chunk is in cache. Costs one pass over the weights per call; PyTorch's
     ``fuse_conv_bn_eval`` computes the same. Results differ from the unfolded layers by
-    float32 rounding only (the products are taken in another order)."""
+    float32 rounding only (the products are taken in another order). The mean moves into
+    the bias here, which BatchNorm's own forward avoids (cancellation when |mean| >> std):
+    the rounding that adds, about eps * |scale * mean|, is of the size the convolution's
+    own sums already carry in an output of that magnitude, and no gradient is taken
+    through it (inference only)."""
     mean, _, scale, shift = bn.running_affine(weight.dtype)
     folded = weight * scale.reshape(-1, 1, 1, 1)
     b = (-mean if bias is None else bias - mean) * scale
