@@ -29,14 +29,25 @@ CONFIGS = [
 IDS = [c[0] for c in CONFIGS]
 
 
-@pytest.fixture(params=["default", "channels_last_im2col", "winograd", "row_blocks"])
+@pytest.fixture(params=["default", "channels_last_im2col", "winograd", "row_blocks", "row_taps"])
 def algorithm(request, monkeypatch):
     """Run a test with the default kernels, then with the channels-last im2col forced for
     few-channel inputs too (by default they take channels-first columns or row blocks),
     (and input gradients through col2im take the channel-interleaved columns, not tap-major),
     then with Winograd forced on every 3x3 stride-1 convolution (by default it needs many
     channels, too big for gradient checks), then with row blocks (``_small_channel_conv``)
-    on every groups == 1 convolution whose Wo has a divisor > 1."""
+    on every groups == 1 convolution whose Wo has a divisor > 1, then with row taps
+    (``_row_tap_conv``) on every groups == 1 convolution of vertical stride 1, on MKL when
+    it is installed (float32), else on NumPy's products (float64 and the fallback)."""
+    if request.param == "row_taps":
+        from cnnkit.nn import _conv_kernels, _gemm, _parallel
+        from cnnkit.nn import _small_channel_conv
+        monkeypatch.setattr(_conv_kernels, "SMALL_C", 0)
+        monkeypatch.setattr(_small_channel_conv, "BLOCK_N", 0)
+        monkeypatch.setattr(_conv_kernels, "ROW_TAPS_MIN_PIXELS", 1)
+        monkeypatch.setattr(_gemm, "mkl_active", lambda: True)
+        monkeypatch.setattr(_gemm, "MIN_MACS", 0)
+        monkeypatch.setattr(_parallel, "blas_single_threaded", lambda: True)
     if request.param == "channels_last_im2col":
         from cnnkit.nn import _conv_kernels, _small_channel_conv
         monkeypatch.setattr(_conv_kernels, "SMALL_C", 0)
@@ -445,3 +456,77 @@ def test_conv2d_forward_relu_flag_and_cap():
         np.testing.assert_array_equal(out, np.maximum(plain, 0))
     out, _ = F.conv2d_forward(x, w, None, 1, 1, 1, 1, keep_cache=False, relu=6.0)
     np.testing.assert_array_equal(out, np.clip(plain, 0, 6))
+
+
+ROW_TAP_LAYERS = [
+    # (constructor kwargs, input shape): 3x3 pad 1; a wide dilated kernel with horizontal
+    # stride 2; asymmetric 'same' padding (even kernel); cropping-free 'valid' 5x5.
+    (dict(in_channels=6, out_channels=7, kernel_size=3, padding=1), (5, 6, 9, 11)),
+    (dict(in_channels=4, out_channels=5, kernel_size=(3, 5), dilation=(2, 1), stride=(1, 2), padding=(2, 2)),
+     (3, 4, 10, 13)),
+    (dict(in_channels=3, out_channels=4, kernel_size=4, padding="same"), (2, 3, 8, 7)),
+    (dict(in_channels=5, out_channels=3, kernel_size=5), (4, 5, 12, 9)),
+]
+
+
+@pytest.mark.parametrize("kwargs,shape", ROW_TAP_LAYERS)
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
+def test_row_taps_match_float64_and_are_taken(kwargs, shape, chunk_bytes, monkeypatch):
+    """``_row_tap_conv`` (kh accumulated row products instead of im2col) gives the float64
+    result of the layer, forward and input gradient (the input gradient of a stride-1
+    layer is itself a convolution), in one chunk and in one-image chunks; and really runs."""
+    from cnnkit.nn import _conv_kernels, _gemm, _parallel, _small_channel_conv
+    monkeypatch.setattr(_conv_kernels, "SMALL_C", 0)
+    monkeypatch.setattr(_small_channel_conv, "BLOCK_N", 0)    # no row blocks for few outputs
+    monkeypatch.setattr(_conv_kernels, "ROW_TAPS_MIN_PIXELS", 1)
+    monkeypatch.setattr(_gemm, "mkl_active", lambda: True)
+    monkeypatch.setattr(_gemm, "MIN_MACS", 0)
+    monkeypatch.setattr(_parallel, "blas_single_threaded", lambda: True)
+    if chunk_bytes:
+        monkeypatch.setattr(_conv_kernels, "CHUNK_BYTES", chunk_bytes)
+    calls = []
+    real = _conv_kernels._row_tap_conv
+    monkeypatch.setattr(_conv_kernels, "_row_tap_conv", lambda *a: (calls.append(1), real(*a))[1])
+    rng = np.random.default_rng(21)
+    cnnkit.manual_seed(0)
+    layer = Conv2d(**kwargs)
+    ref = Conv2d(**kwargs).double()
+    ref.load_state_dict(layer.state_dict())
+    x = rng.standard_normal(shape).astype(np.float32)
+    out = layer(x)
+    expected = ref(x.astype(np.float64))
+    assert out.dtype == np.float32 and calls
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    calls.clear()
+    gx = layer.backward(g)
+    gx_ref = ref.backward(g.astype(np.float64))
+    if layer.stride[1] == 1:
+        assert calls                      # the input gradient went through the row taps too
+    np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-4)
+
+
+def test_row_taps_with_fused_relu_and_relu_mask(monkeypatch):
+    """Inside a Conv2d -> ReLU -> Conv2d stack the row taps apply the fused ReLU (forward)
+    and the ReLU's mask (the second conv's input gradient) like the im2col path."""
+    from cnnkit.nn import ReLU, Sequential, _conv_kernels, _gemm
+    monkeypatch.setattr(_conv_kernels, "ROW_TAPS_MIN_PIXELS", 1)
+    monkeypatch.setattr(_gemm, "mkl_active", lambda: True)    # MKL's in-place sums, or NumPy's
+    calls = []
+    real = _conv_kernels._row_tap_conv
+    monkeypatch.setattr(_conv_kernels, "_row_tap_conv", lambda *a: (calls.append(a[-1] is not None), real(*a))[1])
+    rng = np.random.default_rng(22)
+    cnnkit.manual_seed(0)
+    net = Sequential(Conv2d(8, 8, 3, padding=1), ReLU(), Conv2d(8, 6, 3, padding=1))
+    x = rng.standard_normal((4, 8, 10, 10)).astype(np.float32)
+    results = {}
+    for row_taps in (False, True):
+        monkeypatch.setattr(_conv_kernels, "ROW_TAPS", row_taps)
+        net.zero_grad()
+        out = net(x)
+        gx = net.backward(np.ones_like(out))
+        results[row_taps] = [out, gx] + [p.grad.copy() for p in net.parameters()]
+    assert True in calls and False in calls      # an input gradient with the mask, forwards
+    for with_rows, plain in zip(results[True], results[False]):
+        np.testing.assert_allclose(with_rows, plain, rtol=1e-5, atol=1e-5 * np.abs(plain).max())

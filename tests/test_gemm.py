@@ -263,3 +263,34 @@ def test_public_backend_name():
     name, why = nn.gemm_backend()
     assert name in ("mkl", "numpy") and isinstance(why, str) and why
     assert (name, why) == _gemm.backend()
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_accumulate_adds_into_out(backend, stacked):
+    """``accumulate=True``: out += a @ b (MKL's beta = 1), for a plain product and for a
+    stack whose operands are strided views (the row-tap convolution's shifted rows)."""
+    if stacked:
+        base = _rand((4 * 9 * 5 + 10,))
+        a = np.lib.stride_tricks.as_strided(base[5:], (4, 6, 5), (9 * 5 * 4, 5 * 4, 4))   # overlapping-free rows
+        b = _rand((5, 3))
+        start = _rand((4, 6, 3))
+    else:
+        a, b, start = _rand((37, 29)), _rand((29, 23)), _rand((37, 23))
+    out = start.copy()
+    assert _gemm.matmul(a, b, out=out, accumulate=True) is out
+    np.testing.assert_allclose(out, start + _reference(a, b), rtol=1e-5, atol=1e-5 * np.sqrt(a.shape[-1]))
+
+
+def test_accumulate_runs_on_mkl_even_when_small(mkl_calls, monkeypatch):
+    """A small product to add stays on MKL (NumPy would need a temporary and a pass)."""
+    monkeypatch.setattr(_gemm, "MIN_MACS", 1 << 22)
+    a, b = _rand((8, 6)), _rand((6, 4))
+    out = np.zeros((8, 4), np.float32)
+    _gemm.matmul(a, b, out=out, accumulate=True)
+    assert mkl_calls == ["sgemm"]
+    _check(out, a, b)
+
+
+def test_accumulate_needs_out():
+    with pytest.raises(ValueError, match="accumulate=True needs an out array"):
+        _gemm.matmul(_rand((3, 4)), _rand((4, 2)), accumulate=True)

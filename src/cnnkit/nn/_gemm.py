@@ -256,38 +256,52 @@ def _plan(a: np.ndarray, b: np.ndarray, out: np.ndarray | None):
     return out, batch, m, n, k, (la, a, sa), (lb, b, sb), lc[1], sc
 
 
-def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def _numpy_matmul(a, b, out, accumulate):
+    if not accumulate:
+        return np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
+    out += np.matmul(a, b)
+    return out
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
+           accumulate: bool = False) -> np.ndarray:
     """``np.matmul(a, b, out=out)``, by MKL for float32 2-D / 3-D operands.
 
     Args:
         a: (M, K) or (B, M, K); b: (K, N) or (B, K, N) (a stack of one broadcasts).
         out: optional result array of the product's shape; None allocates a C-contiguous one.
+        accumulate: ``out += a @ b`` instead (``out`` required). MKL adds in place (its
+            beta = 1: no temporary, no extra pass); NumPy computes the product, then adds.
 
     Returns:
-        ``out`` (or the new array) holding ``a @ b``.
+        ``out`` (or the new array) holding ``a @ b`` (or the sum).
     """
+    if accumulate and out is None:
+        raise ValueError("matmul: accumulate=True needs an out array")
     if not _decided:
         backend()
     sgemm = _sgemm
     if (sgemm is None or not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray)
-            or a.ndim < 2 or b.ndim < 2 or a.size * b.shape[-1] < MIN_MACS
+            or a.ndim < 2 or b.ndim < 2 or (a.size * b.shape[-1] < MIN_MACS and not accumulate)
             or not _parallel.blas_single_threaded()):
-        return np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
+        # (Small sums stay on MKL: NumPy's product and add cost more than the call.)
+        return _numpy_matmul(a, b, out, accumulate)
     plan = _plan(a, b, out)
     if plan is None:
-        return np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
+        return _numpy_matmul(a, b, out, accumulate)
     res, batch, m, n, k, ((ta, lda), a, sa), ((tb, ldb), b, sb), ldc, sc = plan
+    beta = 1.0 if accumulate else 0.0
     if batch == 1:
         sgemm(_ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb,
-              0.0, res.ctypes.data, ldc)
+              beta, res.ctypes.data, ldc)
     elif sc < ldc * m:
         # Interleaved outputs (a grouped convolution's (G, M, Og) view of (M, G*Og)):
         # the batched call wants every C in an address range of its own.
         pa, pb, pc = a.ctypes.data, b.ctypes.data, res.ctypes.data
         for i in range(batch):
             sgemm(_ROW_MAJOR, ta, tb, m, n, k, 1.0, pa + 4 * sa * i, lda, pb + 4 * sb * i, ldb,
-                  0.0, pc + 4 * sc * i, ldc)
+                  beta, pc + 4 * sc * i, ldc)
     else:
         _sgemm_batch(_ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data, lda, sa, b.ctypes.data, ldb, sb,
-                     0.0, res.ctypes.data, ldc, sc, batch)
+                     beta, res.ctypes.data, ldc, sc, batch)
     return res

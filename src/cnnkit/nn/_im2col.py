@@ -168,6 +168,37 @@ def im2col(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], dila
     return cols
 
 
+def im2col_rows(x: np.ndarray, kw: int, stride_w: int, dilation_w: int, pads: tuple[int, int, int, int],
+                out_w: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Row columns: the receptive fields of one kernel *row*, for every padded input row.
+
+    Why: for a convolution of vertical stride 1, output row y and kernel row i read padded
+    input row y + i*dh. So with one (Wo, kw*C) block per padded input row, kernel row i's
+    columns of all outputs of an image are those blocks shifted down by i*dh rows: a
+    strided view, no copy. The convolution is then kh products with K = kw*C accumulated
+    in place (``_conv_kernels._row_tap_conv``), and this copy is kw*C values per input
+    pixel instead of im2col's kh*kw*C.
+
+    Args:
+        x: input in NHWC order (any strides), shape (N, H, W, C).
+        kw, stride_w, dilation_w: the kernel's width, horizontal stride and dilation.
+        pads: (top, bottom, left, right) zero padding (negative crops).
+        out_w: output width Wo.
+        out: optional destination of the result's shape (e.g. a workspace buffer).
+
+    Returns:
+        Array (N, Hp, Wo, kw, C), Hp = H + top + bottom: entry (n, r, x, j) holds the C
+        channels of padded pixel (r, x*sw + j*dw).
+    """
+    n, h, w, c = x.shape
+    xp = pad_nhwc(x, pads, "im2col_pad")
+    s0, s1, s2, s3 = xp.strides
+    shape = (n, xp.shape[1], out_w, kw, c)
+    rows = np.empty(shape, dtype=x.dtype) if out is None else out
+    np.copyto(rows, as_strided(xp, shape, (s0, s1, s2 * stride_w, s2 * dilation_w, s3), writeable=False))
+    return rows
+
+
 def im2col_channels_first(x: np.ndarray, kernel, stride, dilation, pads, out_hw,
                           out: np.ndarray | None = None) -> np.ndarray:
     """Columns in channels-first order, for inputs with very few channels (a network's
