@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ._buffers import batch_chunks
+from ._epilogue import finish_output
 from ._parallel import parallel_for
 from ._pool_kernels import max_pool_chunk, max_pool_outputs
 
@@ -34,17 +35,20 @@ CHUNK_BYTES = 8 << 20
 
 
 def conv_relu_max_pool(xt: np.ndarray, conv_kernel: Callable[[np.ndarray], np.ndarray], conv_shape,
-                       pool_geo: dict, keep_index: bool, dtype):
-    """Max pooling of ``conv_kernel(xt)`` (a convolution with its ReLU fused), chunk by chunk.
+                       pool_geo: dict, keep_index: bool, dtype, pooled_bias: np.ndarray | None = None):
+    """``relu(max_pool(conv_kernel(xt)) + pooled_bias)``, chunk by chunk: the max pooling of
+    a convolution followed by a ReLU (they commute), the ReLU applied to the pooled values.
 
     Args:
         xt: NHWC input (N, H, W, C).
-        conv_kernel: NHWC input chunk -> fresh NHWC output chunk, ReLU applied
+        conv_kernel: NHWC input chunk -> fresh NHWC output chunk, without ReLU
             (``_conv_kernels.conv_forward_kernel``); it runs serially inside this region.
         conv_shape: (N, O, Ho, Wo), the convolution output's shape.
         pool_geo: ``pool_geometry`` of that shape.
-        keep_index: also return the winning taps, with dead windows marked
-            (``max_pool2d_forward``'s ``relu_input``).
+        keep_index: also return the winning taps, with dead windows (no positive maximum)
+            marked (``max_pool2d_forward``'s ``relu_input``).
+        pooled_bias: (O,) bias added to the pooled values (then not to be added by
+            ``conv_kernel``: max(a + b) == max(a) + b), or None.
 
     Returns:
         ``(out, index)``: NHWC (N, Hp, Wp, O) arrays, fresh; index None unless ``keep_index``.
@@ -57,6 +61,7 @@ def conv_relu_max_pool(xt: np.ndarray, conv_kernel: Callable[[np.ndarray], np.nd
         for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
             y = conv_kernel(xt[n0:n1])
             max_pool_chunk(y, pool_geo, out[n0:n1], None if idx is None else idx[n0:n1], relu_input=True)
+            finish_output(out[n0:n1], pooled_bias, True)
 
     parallel_for(n, run, xt.nbytes + n * per_sample)
     return out, idx

@@ -117,8 +117,13 @@ def conv2d_relu_max_pool2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray |
     n, o = x.shape[0], weight.shape[0]
     conv_shape = (n, o) + geometry["out_hw"]
     pool_geo = pool_geometry(conv_shape, pool_kernel, pool_stride, pool_padding, ceil_mode, "max_pool2d")
-    kernel = conv_forward_kernel(xt.shape[3], weight, groups, geometry, bias, relu=True)
-    out, idx = conv_relu_max_pool(xt, kernel, conv_shape, pool_geo, keep_cache, weight.dtype)
+    # The ReLU, and without an index the bias too, go after the pool (a quarter of the
+    # values for 2x2): max and ReLU commute, and so do max and adding a per-channel constant
+    # (rounded addition is monotonic). With an index the bias stays before the max, so that
+    # ties made by rounding pick the same winning tap as the layers run one by one.
+    kernel = conv_forward_kernel(xt.shape[3], weight, groups, geometry, bias if keep_cache else None)
+    out, idx = conv_relu_max_pool(xt, kernel, conv_shape, pool_geo, keep_cache, weight.dtype,
+                                  None if keep_cache else bias)
     if not keep_cache:
         return _nchw(out), None, None
     return _nchw(out), (xt, groups, geometry), (idx, pool_geo, conv_shape)
