@@ -530,3 +530,44 @@ def test_row_taps_with_fused_relu_and_relu_mask(monkeypatch):
     assert True in calls and False in calls      # an input gradient with the mask, forwards
     for with_rows, plain in zip(results[True], results[False]):
         np.testing.assert_allclose(with_rows, plain, rtol=1e-5, atol=1e-5 * np.abs(plain).max())
+
+
+@pytest.mark.parametrize("kwargs,shape", ROW_TAP_LAYERS)
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
+def test_row_tap_input_grad_matches_float64_and_is_taken(kwargs, shape, chunk_bytes, monkeypatch):
+    """The input gradient through row columns (``_row_tap_input_grad``, the adjoint of
+    the row taps, used where col2im would be) gives the float64 gradient, in one chunk
+    and in one-image chunks, with and without a following ReLU mask; and really runs."""
+    from cnnkit.nn import _conv_kernels, _gemm, _parallel
+    from cnnkit.nn import functional as F
+    monkeypatch.setattr(_conv_kernels, "GX_TRANSPOSED_FACTOR", 0)     # col2im's branch
+    monkeypatch.setattr(_gemm, "mkl_active", lambda: True)
+    monkeypatch.setattr(_gemm, "MIN_MACS", 0)
+    monkeypatch.setattr(_parallel, "blas_single_threaded", lambda: True)
+    if chunk_bytes:
+        monkeypatch.setattr(_conv_kernels, "CHUNK_BYTES", chunk_bytes)
+    calls = []
+    real = _conv_kernels._row_tap_input_grad
+    monkeypatch.setattr(_conv_kernels, "_row_tap_input_grad", lambda *a: (calls.append(1), real(*a))[1])
+    rng = np.random.default_rng(23)
+    cnnkit.manual_seed(0)
+    layer = Conv2d(**kwargs)
+    x = rng.standard_normal(shape).astype(np.float32)
+    out, cache = F.conv2d_forward(x, layer.weight.data, layer.bias.data, layer.stride, layer.padding,
+                                  layer.dilation, 1)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    gx, _, _ = F.conv2d_backward(g, cache, layer.weight.data)
+    assert calls
+    x64 = x.astype(np.float64)
+    out64, cache64 = F.conv2d_forward(x64, layer.weight.data.astype(np.float64), None, layer.stride,
+                                      layer.padding, layer.dilation, 1)
+    with monkeypatch.context() as m:
+        m.setattr(_conv_kernels, "ROW_TAPS", False)
+        gx64, _, _ = F.conv2d_backward(g.astype(np.float64), cache64, layer.weight.data.astype(np.float64))
+    np.testing.assert_allclose(gx, gx64, rtol=1e-5, atol=1e-5)
+    # With the ReLU before the layer folded in: the gradient masked where the input is <= 0.
+    relu_x = np.maximum(x, 0)
+    _, cache = F.conv2d_forward(relu_x, layer.weight.data, None, layer.stride, layer.padding, layer.dilation, 1,
+                                relu_input=True)
+    gx_masked, _, _ = F.conv2d_backward(g, cache, layer.weight.data)
+    np.testing.assert_allclose(gx_masked, np.where(relu_x > 0, gx64, 0), rtol=1e-5, atol=1e-5)
