@@ -469,24 +469,32 @@ ROW_TAP_LAYERS = [
 ]
 
 
-@pytest.mark.parametrize("kwargs,shape", ROW_TAP_LAYERS)
-@pytest.mark.parametrize("chunk_bytes", [None, 1])
-def test_row_taps_match_float64_and_are_taken(kwargs, shape, chunk_bytes, monkeypatch):
-    """``_row_tap_conv`` (kh accumulated row products instead of im2col) gives the float64
-    result of the layer, forward and input gradient (the input gradient of a stride-1
-    layer is itself a convolution), in one chunk and in one-image chunks; and really runs."""
-    from cnnkit.nn import _conv_kernels, _gemm, _parallel, _small_channel_conv
-    monkeypatch.setattr(_conv_kernels, "SMALL_C", 0)
-    monkeypatch.setattr(_small_channel_conv, "BLOCK_N", 0)    # no row blocks for few outputs
-    monkeypatch.setattr(_conv_kernels, "ROW_TAPS_MIN_PIXELS", 1)
+def _spy_on_mkl_kernel(monkeypatch, name: str, chunk_bytes):
+    """Route products to MKL as inside the thread pool (NumPy's when MKL is absent), set
+    the chunk size, and count the calls of ``_conv_kernels.<name>``: the list returned."""
+    from cnnkit.nn import _conv_kernels, _gemm, _parallel
     monkeypatch.setattr(_gemm, "mkl_active", lambda: True)
     monkeypatch.setattr(_gemm, "MIN_MACS", 0)
     monkeypatch.setattr(_parallel, "blas_single_threaded", lambda: True)
     if chunk_bytes:
         monkeypatch.setattr(_conv_kernels, "CHUNK_BYTES", chunk_bytes)
     calls = []
-    real = _conv_kernels._row_tap_conv
-    monkeypatch.setattr(_conv_kernels, "_row_tap_conv", lambda *a: (calls.append(1), real(*a))[1])
+    real = getattr(_conv_kernels, name)
+    monkeypatch.setattr(_conv_kernels, name, lambda *a: (calls.append(1), real(*a))[1])
+    return calls
+
+
+@pytest.mark.parametrize("kwargs,shape", ROW_TAP_LAYERS)
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
+def test_row_taps_match_float64_and_are_taken(kwargs, shape, chunk_bytes, monkeypatch):
+    """``_row_tap_conv`` (kh accumulated row products instead of im2col) gives the float64
+    result of the layer, forward and input gradient (the input gradient of a stride-1
+    layer is itself a convolution), in one chunk and in one-image chunks; and really runs."""
+    from cnnkit.nn import _conv_kernels, _small_channel_conv
+    monkeypatch.setattr(_conv_kernels, "SMALL_C", 0)
+    monkeypatch.setattr(_small_channel_conv, "BLOCK_N", 0)    # no row blocks for few outputs
+    monkeypatch.setattr(_conv_kernels, "ROW_TAPS_MIN_PIXELS", 1)
+    calls = _spy_on_mkl_kernel(monkeypatch, "_row_tap_conv", chunk_bytes)
     rng = np.random.default_rng(21)
     cnnkit.manual_seed(0)
     layer = Conv2d(**kwargs)
@@ -538,17 +546,10 @@ def test_row_tap_input_grad_matches_float64_and_is_taken(kwargs, shape, chunk_by
     """The input gradient through row columns (``_row_tap_input_grad``, the adjoint of
     the row taps, used where col2im would be) gives the float64 gradient, in one chunk
     and in one-image chunks, with and without a following ReLU mask; and really runs."""
-    from cnnkit.nn import _conv_kernels, _gemm, _parallel
+    from cnnkit.nn import _conv_kernels
     from cnnkit.nn import functional as F
     monkeypatch.setattr(_conv_kernels, "GX_TRANSPOSED_FACTOR", 0)     # col2im's branch
-    monkeypatch.setattr(_gemm, "mkl_active", lambda: True)
-    monkeypatch.setattr(_gemm, "MIN_MACS", 0)
-    monkeypatch.setattr(_parallel, "blas_single_threaded", lambda: True)
-    if chunk_bytes:
-        monkeypatch.setattr(_conv_kernels, "CHUNK_BYTES", chunk_bytes)
-    calls = []
-    real = _conv_kernels._row_tap_input_grad
-    monkeypatch.setattr(_conv_kernels, "_row_tap_input_grad", lambda *a: (calls.append(1), real(*a))[1])
+    calls = _spy_on_mkl_kernel(monkeypatch, "_row_tap_input_grad", chunk_bytes)
     rng = np.random.default_rng(23)
     cnnkit.manual_seed(0)
     layer = Conv2d(**kwargs)
