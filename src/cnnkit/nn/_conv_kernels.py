@@ -204,7 +204,9 @@ def _gemm_conv(xt, wk, wshape, groups, geo, bias=None, relu: bool = False,
 #: 56.2 / 54.2 (both); LeNet training 5.45 / 5.35 and seed-000 training 11.21 / 10.44
 #: (their 5x5 input gradients).
 ROW_TAPS = True
-#: ... and each image has at least this many output pixels (the per-image GEMMs get short).
+#: ... the forward (and transposed-convolution input gradient) only when each image has
+#: at least this many output pixels: seed-000's 9x9 forward lost (short per-image GEMMs).
+#: The col2im replacement (``_row_tap_input_grad``) won at 8x8 and has no such limit.
 ROW_TAPS_MIN_PIXELS = 128
 
 
@@ -213,6 +215,15 @@ def use_row_taps(wshape, groups: int, geo: dict) -> bool:
     kh = wshape[2]
     ho, wo = geo["out_hw"]
     return ROW_TAPS and groups == 1 and kh > 1 and geo["stride"][0] == 1 and ho * wo >= ROW_TAPS_MIN_PIXELS
+
+
+def _kernel_row_view(rows: np.ndarray, i: int, dh: int, ho: int, writeable: bool = False) -> np.ndarray:
+    """Kernel row i's (nb, Ho*Wo, kw*C) columns inside row columns ``rows``
+    (nb, Hp, Wo, kw, C): the rows shifted down by i*dh image rows, a strided view."""
+    nb, hp, wo, kw, c = rows.shape
+    kr, isz = kw * c, rows.itemsize
+    return as_strided(rows.reshape(-1)[i * dh * wo * kr:], (nb, ho * wo, kr), (hp * wo * kr * isz, kr * isz, isz),
+                      writeable=writeable)
 
 
 def _row_tap_conv(xt, wk2, wshape, geo, out, start, stop, bias, relu, relu_mask) -> None:
@@ -234,18 +245,13 @@ def _row_tap_conv(xt, wk2, wshape, geo, out, start, stop, bias, relu, relu_mask)
     (_, sw), (dh, dw) = geo["stride"], geo["dilation"]
     hp = ho + (kh - 1) * dh                      # padded input rows (vertical stride 1)
     kr = kw * c                                  # K of one kernel row's product
-    isz = xt.itemsize
-    image = hp * wo * kr                         # row-column elements per image
-    for n0, n1 in _chunks(start, stop, image * isz):
+    for n0, n1 in _chunks(start, stop, hp * wo * kr * xt.itemsize):
         nb = n1 - n0
         rows = workspace.get("conv_cols", (nb, hp, wo, kw, c), xt.dtype)
         im2col_rows(xt[n0:n1], kw, sw, dw, geo["pads"], wo, out=rows)
-        flat = rows.reshape(-1)
         dst3 = out[n0:n1].reshape(nb, ho * wo, o)
         for i in range(kh):
-            a = as_strided(flat[i * dh * wo * kr:], (nb, ho * wo, kr), (image * isz, kr * isz, isz),
-                           writeable=False)
-            _gemm.matmul(a, wk2[i * kr:(i + 1) * kr], out=dst3, accumulate=i > 0)
+            _gemm.matmul(_kernel_row_view(rows, i, dh, ho), wk2[i * kr:(i + 1) * kr], out=dst3, accumulate=i > 0)
         finish_output(dst3, bias, relu)
         if relu_mask is not None:
             mask_by_positive(out[n0:n1], relu_mask[n0:n1])
@@ -270,19 +276,17 @@ def _row_tap_input_grad(g, wrows, geo, gx, start, stop, relu_mask=None) -> None:
     (_, sw), (dh, dw) = geo["stride"], geo["dilation"]
     t, _, l, _ = geo["pads"]
     hp = ho + (kh - 1) * dh                      # padded input rows
-    isz = g.itemsize
-    image = hp * wo * kr                         # row-column elements per image
     r0, r1 = max(0, t), min(hp, t + h)           # padded rows that are input rows
     windows = tap_windows(w, wo, kw, sw, dw, l)
-    for n0, n1 in _chunks(start, stop, image * isz):
+    for n0, n1 in _chunks(start, stop, hp * wo * kr * g.itemsize):
         nb = n1 - n0
         rows = workspace.get("conv_cols", (nb, hp, wo, kw, c), g.dtype)
+        # Every product adds (even the first: kernel row 0 leaves the last (kh-1)*dh rows
+        # of each image unwritten, and small sums stay on MKL, see _gemm.matmul).
         rows.fill(0)
-        flat = rows.reshape(-1)
         g3 = g[n0:n1].reshape(nb, ho * wo, o)
         for i in range(kh):
-            dst = as_strided(flat[i * dh * wo * kr:], (nb, ho * wo, kr), (image * isz, kr * isz, isz))
-            _gemm.matmul(g3, wrows[i], out=dst, accumulate=True)
+            _gemm.matmul(g3, wrows[i], out=_kernel_row_view(rows, i, dh, ho, writeable=True), accumulate=True)
         dst = gx[n0:n1]
         dst.fill(0)
         for j, win in enumerate(windows):
