@@ -93,6 +93,8 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_bit_exact(tmp_path, real_signal):
     last = tmp_path / "last.safetensors"
     lines = []
     model, loss_fn, opt, sched, train, val = tiny_setup(epochs=EPOCHS)
+    # Usually default_int_handler; SIG_IGN where the shell started pytest in the background.
+    handler_before = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted) as info:
         fit(model, loss_fn, opt, train, val, epochs=EPOCHS, scheduler=sched, verbose=1, print_fn=lines.append,
             callbacks=[ModelCheckpoint(last), _CtrlCAtBatch(3, 2, real_signal)])
@@ -101,8 +103,8 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_bit_exact(tmp_path, real_signal):
     assert exc.checkpoints == [str(last)]
     ckpt = load_checkpoint(last)
     assert ckpt.meta["epoch"] == 2 and ckpt.meta["train_state"]["batch"] == 2
-    # SIGINT handling is undone after fit: the default handler is back.
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # SIGINT handling is undone after fit: the handler from before is back.
+    assert signal.getsignal(signal.SIGINT) is handler_before
     model, loss_fn, opt, sched, train, val = tiny_setup(epochs=EPOCHS)
     hist = fit(model, loss_fn, opt, train, val, epochs=EPOCHS, scheduler=sched, verbose=0,
                callbacks=[ModelCheckpoint(last)], resume=last)

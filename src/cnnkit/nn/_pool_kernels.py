@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._im2col import nchw, nhwc, pair, pool_output_size, tap_windows
-from . import _recycle
+from . import _jit_pool, _recycle
 from ._parallel import parallel_for
 
 
@@ -107,6 +107,12 @@ def max_pool_chunk(xt: np.ndarray, geo: dict, out: np.ndarray, idx: np.ndarray |
     """Max-pool a batch chunk: NHWC input ``xt`` -> the same images' NHWC ``out``, and the
     winning taps into ``idx`` unless it is None (``relu_input``: see ``max_pool2d_forward``).
     Serial: the caller shares the chunks out to the threads."""
+    if _jit_pool.usable(geo, xt, out, *(() if idx is None else (idx,))):
+        if idx is None:
+            _jit_pool.max_pool_2x2(xt, out)
+        else:
+            _jit_pool.max_pool_2x2_index(xt, out, idx, _DEAD_BIT[idx.dtype] if relu_input else 0)
+        return
     src = [(t, o, xt[:, i[0], i[1]]) for t, o, i in _taps(geo)]
     _max_into(src, geo["covers"], out, idx)
     if relu_input and idx is not None:
@@ -164,6 +170,14 @@ def max_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     fresh = _recycle.empty if geo["disjoint"] and geo["tiles"] else _recycle.zeros
     gx = fresh((n, h, w, c), dtype=grad_out.dtype)
     taps = list(_taps(geo))
+    if _jit_pool.usable(geo, gx, idx):
+        def run(a, b):
+            # A gradient in NCHW memory (from a Flatten) is made NHWC here: a quarter of
+            # gx's size, cheaper than a compiled variant for strided arrays.
+            _jit_pool.max_pool_2x2_scatter(np.ascontiguousarray(g[a:b]), idx[a:b], gx[a:b])
+
+        parallel_for(n, run, gx.nbytes)
+        return nchw(gx)
 
     def run(a, b):
         sel = np.empty((b - a,) + idx.shape[1:], dtype=bool)

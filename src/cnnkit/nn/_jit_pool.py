@@ -1,0 +1,92 @@
+"""Compiled 2x2 / stride-2 max pooling (NHWC), the optional Numba path of ``_pool_kernels``.
+
+Each kernel is the loop its NumPy twin in ``_pool_kernels`` writes as whole-array calls,
+with the same arithmetic, so both give the same bits (``_max4_with_index``'s tournament:
+pairs (0, 1) and (2, 3), then the pair winners; ties to the first tap; NaN propagates as in
+``np.maximum``). Windows are the 2x2 blocks at (2i, 2j); an odd last row or column of the
+input is in no window (floor mode), and the scatter leaves it as it finds it.
+See ``_jit`` for when these run and what they gain.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._jit import kernel
+
+
+@kernel
+def max_pool_2x2_index(x, out, idx, dead_bit):
+    """out[n, i, j, c] = max of x's window (2i.., 2j..), idx = its first maximal tap
+    (0..3, row-major), with ``dead_bit`` or-ed in where the maximum is not > 0 (0 to skip).
+
+    Shape: x (N, H, W, C), out and idx (N, H // 2, W // 2, C); idx uint8."""
+    n, ho, wo, c = out.shape
+    dead = idx.dtype.type(dead_bit)
+    for b in range(n):
+        for i in range(ho):
+            for j in range(wo):
+                top, top_right = x[b, 2 * i, 2 * j], x[b, 2 * i, 2 * j + 1]
+                low, low_right = x[b, 2 * i + 1, 2 * j], x[b, 2 * i + 1, 2 * j + 1]
+                dst, tap = out[b, i, j], idx[b, i, j]
+                for k in range(c):
+                    a0, a1, a2, a3 = top[k], top_right[k], low[k], low_right[k]
+                    # np.maximum(a, b): a when a >= b or a is NaN, else b.
+                    m1 = a0 if (a0 >= a1 or a0 != a0) else a1
+                    m2 = a2 if (a2 >= a3 or a2 != a2) else a3
+                    t1 = 1 if a1 > a0 else 0
+                    t2 = 3 if a3 > a2 else 2
+                    m = m1 if (m1 >= m2 or m1 != m1) else m2
+                    t = t2 if m2 > m1 else t1
+                    dst[k] = m
+                    tap[k] = t | dead if not (m > 0) else t
+
+
+@kernel
+def max_pool_2x2(x, out):
+    """``max_pool_2x2_index`` without the index (inference).
+
+    Shape: x (N, H, W, C), out (N, H // 2, W // 2, C)."""
+    n, ho, wo, c = out.shape
+    for b in range(n):
+        for i in range(ho):
+            for j in range(wo):
+                top, top_right = x[b, 2 * i, 2 * j], x[b, 2 * i, 2 * j + 1]
+                low, low_right = x[b, 2 * i + 1, 2 * j], x[b, 2 * i + 1, 2 * j + 1]
+                dst = out[b, i, j]
+                for k in range(c):
+                    a0, a1, a2, a3 = top[k], top_right[k], low[k], low_right[k]
+                    m1 = a0 if (a0 >= a1 or a0 != a0) else a1
+                    m2 = a2 if (a2 >= a3 or a2 != a2) else a3
+                    dst[k] = m1 if (m1 >= m2 or m1 != m1) else m2
+
+
+@kernel
+def max_pool_2x2_scatter(grad_out, idx, grad_in):
+    """grad_in[n, 2i + r, 2j + s, c] = grad_out[n, i, j, c] where idx == 2r + s, else 0:
+    every output's gradient to its winning tap (a dead index matches no tap).
+
+    Shape: grad_out and idx (N, Ho, Wo, C), grad_in (N, H, W, C) with H >= 2 Ho, W >= 2 Wo."""
+    n, ho, wo, c = grad_out.shape
+    zero = grad_in.dtype.type(0)
+    for b in range(n):
+        for i in range(ho):
+            for r in range(2):
+                for j in range(wo):
+                    g, tap = grad_out[b, i, j], idx[b, i, j]
+                    for s in range(2):
+                        want = 2 * r + s
+                        dst = grad_in[b, 2 * i + r, 2 * j + s]
+                        for k in range(c):
+                            dst[k] = g[k] if tap[k] == want else zero
+
+
+def usable(geo: dict, *arrays: np.ndarray) -> bool:
+    """Whether the compiled kernels apply: Numba on, a 2x2 / stride-2 pool without padding,
+    and C-contiguous float32 or float64 arrays (other layouts stay on the NumPy path rather
+    than compile slow strided variants)."""
+    from . import _jit
+    return (geo["kernel"] == (2, 2) and geo["stride"] == (2, 2) and geo["padding"] == (0, 0)
+            and geo["covers"] and _jit.enabled()
+            and all(a.flags.c_contiguous for a in arrays)
+            and arrays[0].dtype in (np.float32, np.float64))
