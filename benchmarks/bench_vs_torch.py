@@ -150,14 +150,17 @@ def set_malloc(args) -> str:
 
 def run_conditions(args) -> str:
     """What a result table depends on: torch's version, threads, rounds, the machine's load
-    and the GEMM cnnkit runs on (``cnnkit.nn.gemm_backend()``)."""
+    the GEMM cnnkit runs on (``cnnkit.nn.gemm_backend()``) and whether its compiled kernels
+    are on (``nn._jit``)."""
     import torch
     import cnnkit.nn
+    from cnnkit.nn import _jit
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     gemm, why = cnnkit.nn.gemm_backend()
     return (f"PyTorch {torch.__version__} (CPU, float32), {args.threads} threads, {args.rounds} rounds, "
-            f"load average {load:.1f}; cnnkit's GEMM: {gemm} ({why})")
+            f"load average {load:.1f}; cnnkit's GEMM: {gemm} ({why}); compiled kernels: "
+            f"{'on' if _jit.enabled() else 'off'} ({_jit.status()[1]})")
 
 
 def main(argv=None) -> int:

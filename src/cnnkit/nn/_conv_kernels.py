@@ -31,7 +31,7 @@ from ._epilogue import finish_output, mask_by_positive
 from ._im2col import col2im, col2im_tap_major, im2col, im2col_rows, tap_pairs, tap_windows
 from ._small_channel_conv import small_c_block, small_c_conv, small_c_weight_grad
 from ._parallel import parallel_for
-from . import _gemm, _recycle, _winograd as wino
+from . import _gemm, _jit, _jit_conv, _recycle, _winograd as wino
 
 #: Target size of one chunk's column matrix; at least one sample per chunk.
 CHUNK_BYTES = 8 << 20
@@ -288,11 +288,14 @@ def _row_tap_input_grad(g, wrows, geo, gx, start, stop, relu_mask=None) -> None:
         for i in range(kh):
             _gemm.matmul(g3, wrows[i], out=_kernel_row_view(rows, i, dh, ho, writeable=True), accumulate=True)
         dst = gx[n0:n1]
-        dst.fill(0)
-        for j, win in enumerate(windows):
-            if win is not None and r1 > r0:
-                out_cols, in_cols = win
-                dst[:, r0 - t: r1 - t, in_cols] += rows[:, r0:r1, out_cols, j]
+        if _jit.enabled() and dst.flags.c_contiguous:
+            _jit_conv.add_row_taps(rows, dst, t, l, sw, dw)      # the same adds, one sweep
+        else:
+            dst.fill(0)
+            for j, win in enumerate(windows):
+                if win is not None and r1 > r0:
+                    out_cols, in_cols = win
+                    dst[:, r0 - t: r1 - t, in_cols] += rows[:, r0:r1, out_cols, j]
         if relu_mask is not None:
             mask_by_positive(dst, relu_mask[n0:n1])
 
