@@ -29,13 +29,14 @@ CONFIGS = [
 IDS = [c[0] for c in CONFIGS]
 
 
-@pytest.fixture(params=["default", "channels_last_im2col", "winograd", "row_blocks", "row_taps"])
+@pytest.fixture(params=["default", "channels_last_im2col", "winograd", "winograd_numpy", "row_blocks", "row_taps"])
 def algorithm(request, monkeypatch):
     """Run a test with the default kernels, then with the channels-last im2col forced for
     few-channel inputs too (by default they take channels-first columns or row blocks),
     (and input gradients through col2im take the channel-interleaved columns, not tap-major),
     then with Winograd forced on every 3x3 stride-1 convolution (by default it needs many
-    channels, too big for gradient checks), then with row blocks (``_small_channel_conv``)
+    channels, too big for gradient checks), with its compiled tile transforms where Numba is
+    installed (``_jit_winograd``) and with the NumPy ones ("winograd_numpy"), then with row blocks (``_small_channel_conv``)
     on every groups == 1 convolution whose Wo has a divisor > 1, then with row taps
     (``_row_tap_conv``) on every groups == 1 convolution of vertical stride 1, on MKL when
     it is installed (float32), else on NumPy's products (float64 and the fallback)."""
@@ -59,11 +60,16 @@ def algorithm(request, monkeypatch):
         monkeypatch.setattr(_small_channel_conv, "BLOCK_N", 1 << 30)
         monkeypatch.setattr(_small_channel_conv, "FEW_BLOCK_N", 1 << 30)
         monkeypatch.setattr(_small_channel_conv, "MIN_FEW_BLOCK", 2)
-    if request.param == "winograd":
-        from cnnkit.nn import _winograd
+    if request.param.startswith("winograd"):
+        from cnnkit.nn import _jit, _winograd
         monkeypatch.setattr(_winograd, "MIN_CHANNEL_PRODUCT", 1)
         monkeypatch.setattr(_winograd, "use_winograd_weight_grad", lambda *a: True)
-    return request.param
+        if request.param == "winograd_numpy":
+            _jit.set_enabled(False)
+            yield request.param
+            _jit.set_enabled(None)
+            return
+    yield request.param
 
 
 @pytest.mark.parametrize("name,kwargs,shape", CONFIGS, ids=IDS)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import _gemm, _recycle
+from . import _gemm, _jit, _jit_winograd, _recycle
 from ._buffers import workspace
 from ._epilogue import finish_output, mask_by_positive
 from ._im2col import pad_nhwc
@@ -41,6 +41,10 @@ MIN_CHUNK_TILES = 256
 #: Use Winograd when in_channels * out_channels is at least this (measured crossover:
 #: 64 x 128 gains ~5%, 32 x 32 loses ~15%).
 MIN_CHANNEL_PRODUCT = 64 * 128
+#: The same floor with the compiled transforms (``_jit_winograd``): the 4-conv net's
+#: 64 -> 64 layer at 14x14 gained alone (2 threads, batch 64: 4.49 -> 3.92 ms) but the
+#: network lost (inference 15.4 -> 16.3 ms, training 47.9 -> 49.9 ms, same process); so did
+#: 32 -> 64 with it (15.7 -> 16.3 ms).
 
 
 def use_winograd(kernel, stride, dilation, groups, c: int, o: int) -> bool:
@@ -62,6 +66,7 @@ def use_winograd_weight_grad(n: int, out_hw, c: int, o: int) -> bool:
 #: G (J w J) G^T = P (G w G^T) P^T.
 _FLIP = np.array([3, 1, 2, 0])
 _PERM = (_FLIP[:, None] * 4 + _FLIP[None, :]).reshape(16)
+_IDENTITY = np.arange(16)
 
 
 def _consts(dtype, flipped: bool = False):
@@ -131,6 +136,28 @@ def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None, flipp
     out = _recycle.empty((n, ho, wo, o), dtype=xt.dtype)
     per_sample = 16 * th * tw * max(c, o) * xt.itemsize
     step = max(1, CHUNK_BYTES // per_sample, -(-MIN_CHUNK_TILES // (th * tw)))
+
+    if _jit.enabled():
+        perm = _PERM if flipped else _IDENTITY
+        zero_bias = np.zeros(o, dtype=xt.dtype) if bias is None else bias.astype(xt.dtype, copy=False)
+        # ``relu`` as ``finish_output`` takes it: a flag, or a number (the cap of a ReLU6).
+        clip_low = bool(relu)
+        cap = np.inf if isinstance(relu, (bool, np.bool_)) or not relu else float(relu)
+
+        def run(start, stop):
+            for n0 in range(start, stop, step):
+                n1 = min(stop, n0 + step)
+                t = (n1 - n0) * th * tw
+                v = workspace.get("wino_v", (16, t, c), xt.dtype)
+                _jit_winograd.input_tiles(xt[n0:n1], pads[0], pads[2], th, tw, perm, v)
+                m = workspace.get("wino_d", (16, t, o), xt.dtype)
+                _gemm.matmul(v, wt, out=m)
+                _jit_winograd.output_tiles(m, zero_bias, clip_low, cap, perm, out[n0:n1], th, tw)
+                if relu_mask is not None:
+                    mask_by_positive(out[n0:n1], relu_mask[n0:n1])
+
+        parallel_for(n, run, n * per_sample)
+        return out
 
     def run(start, stop):
         for n0 in range(start, stop, step):
