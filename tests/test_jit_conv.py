@@ -8,6 +8,7 @@ import cnnkit
 from cnnkit.nn import Conv2d, _jit, _jit_conv
 from cnnkit.nn import functional as F
 
+from spy_helpers import count_calls
 from test_conv import ROW_TAP_LAYERS, _spy_on_mkl_kernel
 
 pytest.importorskip("numba")
@@ -19,9 +20,7 @@ def test_compiled_row_tap_adds_equal_numpy_bits_and_float64(kwargs, shape, chunk
     from cnnkit.nn import _conv_kernels
     monkeypatch.setattr(_conv_kernels, "GX_TRANSPOSED_FACTOR", 0)     # col2im's branch
     row_tap_calls = _spy_on_mkl_kernel(monkeypatch, "_row_tap_input_grad", chunk_bytes)
-    compiled_calls = []
-    real = _jit_conv.add_row_taps
-    monkeypatch.setattr(_jit_conv, "add_row_taps", lambda *a: (compiled_calls.append(1), real(*a))[1])
+    compiled_calls = count_calls(monkeypatch, _jit_conv, "add_row_taps")
     rng = np.random.default_rng(31)
     cnnkit.manual_seed(0)
     layer = Conv2d(**kwargs)
@@ -35,9 +34,9 @@ def test_compiled_row_tap_adds_equal_numpy_bits_and_float64(kwargs, shape, chunk
             gx = F.conv2d_backward(g, cache, w.astype(dtype))[0].copy()
             assert compiled_calls and row_tap_calls
             _jit.set_enabled(False)
-            n_calls = len(compiled_calls)
+            n_calls = compiled_calls["add_row_taps"]
             gx_numpy = F.conv2d_backward(g, cache, w.astype(dtype))[0].copy()
-            assert len(compiled_calls) == n_calls                        # NumPy's adds ran
+            assert compiled_calls["add_row_taps"] == n_calls             # NumPy's adds ran
         finally:
             _jit.set_enabled(None)
         np.testing.assert_array_equal(gx, gx_numpy)

@@ -8,6 +8,8 @@ import cnnkit
 from cnnkit.nn import Conv2d, MaxPool2d, ReLU, Sequential, _jit, _jit_pool
 from cnnkit.nn import _pool_kernels as P
 
+from spy_helpers import count_calls
+
 pytest.importorskip("numba")
 
 SHAPES = [(2, 6, 8, 3), (2, 7, 5, 2), (3, 24, 24, 10), (2, 28, 28, 32)]   # NHWC; odd = floor
@@ -17,12 +19,7 @@ SHAPES = [(2, 6, 8, 3), (2, 7, 5, 2), (3, 24, 24, 10), (2, 28, 28, 32)]   # NHWC
 def spy(monkeypatch):
     """Compiled kernels on; counts the calls of each compiled pooling kernel."""
     _jit.set_enabled(True)
-    calls = {}
-    for name in ("max_pool_2x2_index", "max_pool_2x2", "max_pool_2x2_scatter"):
-        real = getattr(_jit_pool, name)
-        monkeypatch.setattr(_jit_pool, name,
-                            lambda *a, _n=name, _r=real: (calls.__setitem__(_n, calls.get(_n, 0) + 1), _r(*a))[1])
-    yield calls
+    yield count_calls(monkeypatch, _jit_pool, "max_pool_2x2_index", "max_pool_2x2", "max_pool_2x2_scatter")
     _jit.set_enabled(None)
 
 

@@ -7,6 +7,8 @@ import pytest
 from cnnkit.nn import _jit, _jit_winograd
 from cnnkit.nn import _winograd as W
 
+from spy_helpers import count_calls
+
 pytest.importorskip("numba")
 
 CASES = [  # (N, H, W, C, O, pads (t, b, l, r))
@@ -34,11 +36,7 @@ def _direct(x, weight, pads, flipped=False):
 
 @pytest.fixture
 def spy(monkeypatch):
-    calls = []
-    for name in ("input_tiles", "output_tiles"):
-        real = getattr(_jit_winograd, name)
-        monkeypatch.setattr(_jit_winograd, name, lambda *a, _n=name, _r=real: (calls.append(_n), _r(*a))[1])
-    yield calls
+    yield count_calls(monkeypatch, _jit_winograd, "input_tiles", "output_tiles")
     _jit.set_enabled(None)
 
 
@@ -58,11 +56,11 @@ def test_compiled_transforms_match_float64_and_numpy(case, flipped, spy):
         args = (x.astype(dtype), wt, pads, (ho, wo), None if bias is None else bias.astype(dtype), flipped)
         _jit.set_enabled(True)
         compiled = W.winograd_conv(*args).copy()
-        assert spy.count("input_tiles") == spy.count("output_tiles") >= 1
-        calls = len(spy)
+        assert spy["input_tiles"] == spy["output_tiles"] >= 1
+        calls = dict(spy)
         _jit.set_enabled(False)
         numpy_path = W.winograd_conv(*args).copy()
-        assert len(spy) == calls
+        assert spy == calls                                          # the NumPy transforms ran
         scale = np.abs(ref).max()
         np.testing.assert_allclose(compiled, ref, rtol=0, atol=tol * scale)
         np.testing.assert_allclose(compiled, numpy_path, rtol=0, atol=tol * scale)

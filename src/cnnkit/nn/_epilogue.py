@@ -17,16 +17,24 @@ import numpy as np
 from ._buffers import workspace
 
 
+def relu_limits(relu: bool | float) -> tuple[bool, float]:
+    """What a ``relu`` argument asks for: (clip below at 0, upper cap or inf). True is a
+    ReLU, a number a capped one (6.0: a ReLU6), False nothing."""
+    if isinstance(relu, (bool, np.bool_)):    # a flag (np.True_ too), never a cap of 1
+        return bool(relu), np.inf
+    return bool(relu), float(relu) if relu else np.inf
+
+
 def finish_output(dst: np.ndarray, bias: np.ndarray | None, relu: bool | float) -> None:
     """In place on an output chunk (..., O): ``dst += bias``, then ``max(dst, 0)`` when
     ``relu`` is True, or ``min(max(dst, 0), relu)`` when it is a number (6.0: a ReLU6)."""
     if bias is not None:
         _add_per_channel(dst, bias)
-    if isinstance(relu, (bool, np.bool_)):    # a flag (np.True_ too), never a cap of 1
-        if relu:
-            np.maximum(dst, 0, out=dst)
-    elif relu:
-        np.clip(dst, 0, relu, out=dst)
+    clip_low, cap = relu_limits(relu)
+    if cap < np.inf:
+        np.clip(dst, 0, cap, out=dst)
+    elif clip_low:
+        np.maximum(dst, 0, out=dst)
 
 
 #: Longest tiled channel vector ``_add_per_channel`` builds (elements).

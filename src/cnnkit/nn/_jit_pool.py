@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _jit
 from ._jit import kernel
 
 
@@ -90,12 +91,11 @@ def max_pool_2x2_scatter(grad_out, idx, grad_in):
                         dst[p + c + k] = v if t == 1 else zero
 
 
-def usable(geo: dict, *arrays: np.ndarray) -> bool:
+def usable(geo: dict, *arrays: np.ndarray | None) -> bool:
     """Whether the compiled kernels apply: Numba on, a 2x2 / stride-2 pool without padding,
-    and C-contiguous float32 or float64 arrays (other layouts stay on the NumPy path rather
-    than compile slow strided variants)."""
-    from . import _jit
+    and C-contiguous arrays (None entries skipped), the first float32 or float64 (other
+    layouts stay on the NumPy path rather than compile slow strided variants)."""
     return (geo["kernel"] == (2, 2) and geo["stride"] == (2, 2) and geo["padding"] == (0, 0)
             and geo["covers"] and _jit.enabled()
-            and all(a.flags.c_contiguous for a in arrays)
+            and all(a is None or a.flags.c_contiguous for a in arrays)
             and arrays[0].dtype in (np.float32, np.float64))

@@ -107,7 +107,7 @@ def max_pool_chunk(xt: np.ndarray, geo: dict, out: np.ndarray, idx: np.ndarray |
     """Max-pool a batch chunk: NHWC input ``xt`` -> the same images' NHWC ``out``, and the
     winning taps into ``idx`` unless it is None (``relu_input``: see ``max_pool2d_forward``).
     Serial: the caller shares the chunks out to the threads."""
-    if _jit_pool.usable(geo, xt, out, *(() if idx is None else (idx,))):
+    if _jit_pool.usable(geo, xt, out, idx):
         if idx is None:
             _jit_pool.max_pool_2x2(xt, out)
         else:
@@ -169,7 +169,6 @@ def max_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     g = nhwc(grad_out)
     fresh = _recycle.empty if geo["disjoint"] and geo["tiles"] else _recycle.zeros
     gx = fresh((n, h, w, c), dtype=grad_out.dtype)
-    taps = list(_taps(geo))
     if _jit_pool.usable(geo, gx, idx):
         def run(a, b):
             # A gradient in NCHW memory (from a Flatten) is made NHWC here: a quarter of
@@ -178,6 +177,7 @@ def max_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
 
         parallel_for(n, run, gx.nbytes)
         return nchw(gx)
+    taps = list(_taps(geo))
 
     def run(a, b):
         sel = np.empty((b - a,) + idx.shape[1:], dtype=bool)

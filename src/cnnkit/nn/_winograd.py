@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import _gemm, _jit, _jit_winograd, _recycle
 from ._buffers import workspace
-from ._epilogue import finish_output, mask_by_positive
+from ._epilogue import finish_output, mask_by_positive, relu_limits
 from ._im2col import pad_nhwc
 from ._parallel import parallel_for, parallel_matmul, parallel_sum
 
@@ -39,12 +39,11 @@ CHUNK_BYTES = 4 << 20
 #: GEMM rows (tiles) per chunk at least: fewer make the 16 GEMMs inefficient.
 MIN_CHUNK_TILES = 256
 #: Use Winograd when in_channels * out_channels is at least this (measured crossover:
-#: 64 x 128 gains ~5%, 32 x 32 loses ~15%).
+#: 64 x 128 gains ~5%, 32 x 32 loses ~15%). The same floor holds with the compiled
+#: transforms (``_jit_winograd``): the 4-conv net's 64 -> 64 layer at 14x14 gained alone
+#: (2 threads, batch 64: 4.49 -> 3.92 ms) but the network lost with it (inference 15.4 ->
+#: 16.3 ms, training 47.9 -> 49.9 ms, same process), and with 32 -> 64 too (15.7 -> 16.3 ms).
 MIN_CHANNEL_PRODUCT = 64 * 128
-#: The same floor with the compiled transforms (``_jit_winograd``): the 4-conv net's
-#: 64 -> 64 layer at 14x14 gained alone (2 threads, batch 64: 4.49 -> 3.92 ms) but the
-#: network lost (inference 15.4 -> 16.3 ms, training 47.9 -> 49.9 ms, same process); so did
-#: 32 -> 64 with it (15.7 -> 16.3 ms).
 
 
 def use_winograd(kernel, stride, dilation, groups, c: int, o: int) -> bool:
@@ -137,49 +136,42 @@ def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None, flipp
     per_sample = 16 * th * tw * max(c, o) * xt.itemsize
     step = max(1, CHUNK_BYTES // per_sample, -(-MIN_CHUNK_TILES // (th * tw)))
 
-    if _jit.enabled():
+    compiled = _jit.enabled()
+    if compiled:
         perm = _PERM if flipped else _IDENTITY
-        zero_bias = np.zeros(o, dtype=xt.dtype) if bias is None else bias.astype(xt.dtype, copy=False)
-        # ``relu`` as ``finish_output`` takes it: a flag, or a number (the cap of a ReLU6).
-        clip_low = bool(relu)
-        cap = np.inf if isinstance(relu, (bool, np.bool_)) or not relu else float(relu)
-
-        def run(start, stop):
-            for n0 in range(start, stop, step):
-                n1 = min(stop, n0 + step)
-                t = (n1 - n0) * th * tw
-                v = workspace.get("wino_v", (16, t, c), xt.dtype)
-                _jit_winograd.input_tiles(xt[n0:n1], pads[0], pads[2], th, tw, perm, v)
-                m = workspace.get("wino_d", (16, t, o), xt.dtype)
-                _gemm.matmul(v, wt, out=m)
-                _jit_winograd.output_tiles(m, zero_bias, clip_low, cap, perm, out[n0:n1], th, tw)
-                if relu_mask is not None:
-                    mask_by_positive(out[n0:n1], relu_mask[n0:n1])
-
-        parallel_for(n, run, n * per_sample)
-        return out
+        bias_vec = np.zeros(o, dtype=xt.dtype) if bias is None else bias.astype(xt.dtype, copy=False)
+        clip_low, cap = relu_limits(relu)
 
     def run(start, stop):
         for n0 in range(start, stop, step):
             n1 = min(stop, n0 + step)
             t = (n1 - n0) * th * tw
-            v = _input_tiles(xt[n0:n1], pads, th, tw, "wino_v", kb)
-            # Scratch reuse: the raw tiles are dead once transformed, the transformed tiles
-            # once multiplied (memory: the buffers exist per thread).
-            m = workspace.get("wino_d", (16, t, o), xt.dtype)
-            _gemm.matmul(v, wt, out=m)
-            y = workspace.get("wino_v", (4, t * o), xt.dtype)
-            _gemm.matmul(ka, m.reshape(16, t * o), out=y)
-            y6 = y.reshape(2, 2, n1 - n0, th, tw, o)
             dst = out[n0:n1]
-            if ho == 2 * th and wo == 2 * tw:
-                np.copyto(dst.reshape(n1 - n0, th, 2, tw, 2, o), y6.transpose(2, 3, 0, 4, 1, 5))
+            if compiled:
+                # Tiles read straight from the input, transforms as adds, bias and ReLU in
+                # the output sweep (see _jit_winograd).
+                v = workspace.get("wino_v", (16, t, c), xt.dtype)
+                _jit_winograd.input_tiles(xt[n0:n1], pads[0], pads[2], th, tw, perm, v)
+                m = workspace.get("wino_d", (16, t, o), xt.dtype)
+                _gemm.matmul(v, wt, out=m)
+                _jit_winograd.output_tiles(m, bias_vec, clip_low, cap, perm, dst, th, tw)
             else:
-                for r in range(2):
-                    for s in range(2):
-                        part = dst[:, r::2, s::2]
-                        np.copyto(part, y6[r, s, :, : part.shape[1], : part.shape[2]])
-            finish_output(dst, bias, relu)
+                v = _input_tiles(xt[n0:n1], pads, th, tw, "wino_v", kb)
+                # Scratch reuse: the raw tiles are dead once transformed, the transformed tiles
+                # once multiplied (memory: the buffers exist per thread).
+                m = workspace.get("wino_d", (16, t, o), xt.dtype)
+                _gemm.matmul(v, wt, out=m)
+                y = workspace.get("wino_v", (4, t * o), xt.dtype)
+                _gemm.matmul(ka, m.reshape(16, t * o), out=y)
+                y6 = y.reshape(2, 2, n1 - n0, th, tw, o)
+                if ho == 2 * th and wo == 2 * tw:
+                    np.copyto(dst.reshape(n1 - n0, th, 2, tw, 2, o), y6.transpose(2, 3, 0, 4, 1, 5))
+                else:
+                    for r in range(2):
+                        for s in range(2):
+                            part = dst[:, r::2, s::2]
+                            np.copyto(part, y6[r, s, :, : part.shape[1], : part.shape[2]])
+                finish_output(dst, bias, relu)
             if relu_mask is not None:
                 mask_by_positive(dst, relu_mask[n0:n1])
 
