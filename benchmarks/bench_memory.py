@@ -64,13 +64,15 @@ def _load_compiled_kernels() -> None:
     call, and that costs the process ~60 MB once (LLVM's code generator), which would
     otherwise land in the first step's peak. The README reports that one-time cost apart."""
     import numpy as np
-    from cnnkit.nn import _jit_conv, _jit_pool, _jit_winograd
+    from cnnkit.nn import _jit_conv, _jit_epilogue, _jit_pool, _jit_winograd
     f32 = np.zeros((1, 2, 2, 1), np.float32)
     idx = np.zeros((1, 1, 1, 1), np.uint8)
     _jit_pool.max_pool_2x2_index(f32, f32[:, :1, :1], idx, 0)
     _jit_pool.max_pool_2x2(f32, f32[:, :1, :1].copy())
     _jit_pool.max_pool_2x2_scatter(f32[:, :1, :1].copy(), idx, f32)
     _jit_conv.add_row_taps(np.zeros((1, 1, 1, 1, 1), np.float32), f32, 0, 0, 1, 1)
+    _jit_conv.row_columns(f32, np.zeros((1, 2, 2, 1, 1), np.float32), 0, 0, 1, 1)
+    _jit_epilogue.bias_clip(f32.reshape(-1, 1), np.zeros(1, np.float32), True, True, False, np.inf)
     v = np.zeros((16, 1, 1), np.float32)
     perm = np.arange(16)
     _jit_winograd.input_tiles(f32, 0, 0, 1, 1, perm, v)

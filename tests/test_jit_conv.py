@@ -46,3 +46,77 @@ def test_compiled_row_tap_adds_equal_numpy_bits_and_float64(kwargs, shape, chunk
             ref = F.conv2d_backward(g, cache, w.astype(dtype))[0]
             monkeypatch.setattr(_conv_kernels, "ROW_TAPS", True)
             np.testing.assert_allclose(gx, ref, rtol=1e-12, atol=1e-12)
+
+
+# (N, H, W, C), kw, stride_w, dilation_w, pads (top, bottom, left, right): 'same' 3x3,
+# strided and dilated rows, uneven pads, a crop (negative pads), a kernel wider than the pad.
+ROW_COLUMN_CASES = [
+    ((2, 6, 7, 3), 3, 1, 1, (1, 1, 1, 1)),
+    ((2, 9, 11, 4), 5, 2, 1, (2, 2, 2, 2)),
+    ((1, 8, 9, 2), 3, 1, 2, (0, 1, 2, 0)),
+    ((2, 7, 8, 5), 3, 1, 1, (-1, 0, -1, 1)),
+    ((3, 5, 4, 1), 5, 1, 1, (2, 2, 3, 3)),
+]
+
+
+def _numpy_row_columns(x, kw, sw, dw, pads, wo):
+    from cnnkit.nn import _im2col
+    try:
+        _jit.set_enabled(False)
+        return _im2col.im2col_rows(x, kw, sw, dw, pads, wo)
+    finally:
+        _jit.set_enabled(None)
+
+
+@pytest.mark.parametrize("shape,kw,sw,dw,pads", ROW_COLUMN_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_compiled_row_columns_equal_numpy_copy(shape, kw, sw, dw, pads, dtype, layout, monkeypatch):
+    from cnnkit.nn import _im2col
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.flat[3] = np.nan
+    if layout == "strided":             # every other image of a bigger batch: not C-contiguous
+        big = np.zeros((2 * shape[0],) + shape[1:], dtype)
+        big[::2] = x
+        x = big[::2]
+    w = shape[2] + pads[2] + pads[3]
+    wo = (w - (kw - 1) * dw - 1) // sw + 1
+    calls = count_calls(monkeypatch, _jit_conv, "row_columns")
+    _jit.set_enabled(True)
+    try:
+        rows = _im2col.im2col_rows(x, kw, sw, dw, pads, wo)
+    finally:
+        _jit.set_enabled(None)
+    assert calls == {"row_columns": 1}
+    expected = _numpy_row_columns(x, kw, sw, dw, pads, wo)
+    assert rows.shape == expected.shape
+    np.testing.assert_array_equal(rows, expected)
+    # Spot check against the definition: entry (n, r, xo, j) is padded pixel (r, xo*sw + j*dw).
+    padded = np.zeros((shape[0], shape[1] + max(pads[0], 0) + max(pads[1], 0),
+                       shape[2] + max(pads[2], 0) + max(pads[3], 0), shape[3]), dtype)
+    crop = x[:, max(-pads[0], 0): shape[1] - max(-pads[1], 0), max(-pads[2], 0): shape[2] - max(-pads[3], 0)]
+    padded[:, max(pads[0], 0): max(pads[0], 0) + crop.shape[1], max(pads[2], 0): max(pads[2], 0) + crop.shape[2]] = crop
+    r, xo, j = rows.shape[1] - 1, wo - 1, kw - 1
+    np.testing.assert_array_equal(rows[:, r, xo, j], padded[:, r, xo * sw + j * dw])
+
+
+def test_row_tap_convolution_with_compiled_columns_matches_float64_reference(monkeypatch):
+    """The whole row-tap forward through the compiled copy, against a float64 im2col run."""
+    from cnnkit.nn import _conv_kernels, _small_channel_conv
+    monkeypatch.setattr(_small_channel_conv, "BLOCK_N", 0)    # no row blocks for few outputs
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 16, 14, 6))
+    layer = Conv2d(6, 5, 3, padding=1)
+    w = layer.weight.data.astype(np.float64)
+    calls = count_calls(monkeypatch, _jit_conv, "row_columns")
+    kernel_calls = _spy_on_mkl_kernel(monkeypatch, "_row_tap_conv", None)
+    _jit.set_enabled(True)
+    try:
+        out = F.conv2d(x.astype(np.float32).transpose(0, 3, 1, 2), layer.weight.data, None, 1, 1)
+    finally:
+        _jit.set_enabled(None)
+    assert calls and kernel_calls
+    monkeypatch.setattr(_conv_kernels, "ROW_TAPS", False)
+    ref = F.conv2d(x.transpose(0, 3, 1, 2), w, None, 1, 1)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _jit, _jit_epilogue
 from ._buffers import workspace
 
 
@@ -28,13 +29,26 @@ def relu_limits(relu: bool | float) -> tuple[bool, float]:
 def finish_output(dst: np.ndarray, bias: np.ndarray | None, relu: bool | float) -> None:
     """In place on an output chunk (..., O): ``dst += bias``, then ``max(dst, 0)`` when
     ``relu`` is True, or ``min(max(dst, 0), relu)`` when it is a number (6.0: a ReLU6)."""
+    clip_low, cap = relu_limits(relu)
+    if (bias is not None or clip_low) and _jit.enabled() and _compiled_fits(dst, bias):
+        no_bias = dst.reshape(-1)[:0]          # a placeholder of the same type (not read)
+        _jit_epilogue.bias_clip(dst.reshape(-1, dst.shape[-1]), no_bias if bias is None else bias,
+                                bias is not None, clip_low, cap < np.inf, cap)
+        return
     if bias is not None:
         _add_per_channel(dst, bias)
-    clip_low, cap = relu_limits(relu)
     if cap < np.inf:
         np.clip(dst, 0, cap, out=dst)
     elif clip_low:
         np.maximum(dst, 0, out=dst)
+
+
+def _compiled_fits(dst: np.ndarray, bias: np.ndarray | None) -> bool:
+    """Whether ``_jit_epilogue.bias_clip`` can take this chunk: C-contiguous, and a 1-D
+    contiguous bias of its dtype (a row-block conv's tiled bias (P*O,) is one too)."""
+    return (dst.ndim >= 1 and dst.flags.c_contiguous and dst.dtype.kind == "f"
+            and (bias is None or (bias.ndim == 1 and bias.dtype == dst.dtype and bias.flags.c_contiguous
+                                  and bias.shape[0] == dst.shape[-1])))
 
 
 #: Longest tiled channel vector ``_add_per_channel`` builds (elements).

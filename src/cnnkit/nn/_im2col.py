@@ -15,6 +15,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ._buffers import workspace
+from . import _jit, _jit_conv
 
 
 # ---------------------------------------------------------------------------------- sizes
@@ -191,10 +192,14 @@ def im2col_rows(x: np.ndarray, kw: int, stride_w: int, dilation_w: int, pads: tu
         channels of padded pixel (r, x*sw + j*dw).
     """
     n, h, w, c = x.shape
+    shape = (n, h + pads[0] + pads[1], out_w, kw, c)
+    rows = np.empty(shape, dtype=x.dtype) if out is None else out
+    if _jit.enabled() and rows.flags.c_contiguous and rows.dtype == x.dtype:
+        # One compiled sweep from the unpadded input (no padded copy), the same values.
+        _jit_conv.row_columns(x, rows, pads[0], pads[2], stride_w, dilation_w)
+        return rows
     xp = pad_nhwc(x, pads, "im2col_pad")
     s0, s1, s2, s3 = xp.strides
-    shape = (n, xp.shape[1], out_w, kw, c)
-    rows = np.empty(shape, dtype=x.dtype) if out is None else out
     np.copyto(rows, as_strided(xp, shape, (s0, s1, s2 * stride_w, s2 * dilation_w, s3), writeable=False))
     return rows
 

@@ -42,3 +42,36 @@ def add_row_taps(rows, grad_in, pad_top, pad_left, stride_w, dilation_w):
                         s, d = (xo * kw + j) * c, x * c
                         for k in range(c):
                             dst[d + k] += src[s + k]
+
+
+@kernel
+def row_columns(x, rows, pad_top, pad_left, stride_w, dilation_w):
+    """rows[b, r, xo, j, :] = x[b, r - pad_top, xo*stride_w + j*dilation_w - pad_left, :],
+    0 where that pixel lies in the padding: ``_im2col.im2col_rows`` straight from the
+    unpadded input (no padded copy first, and one sweep instead of NumPy's inner loops of
+    kw*C values). A copy, so the same bits.
+
+    Shape: x (N, H, W, C) with contiguous channels; rows (N, Hp, Wo, kw, C), C-contiguous."""
+    n, hp, wo, kw, c = rows.shape
+    h, w = x.shape[1], x.shape[2]
+    rows3 = rows.reshape(n, hp, wo * kw * c)
+    zero = rows.dtype.type(0)
+    for b in range(n):
+        for r in range(hp):
+            dst = rows3[b, r]
+            y = r - pad_top
+            if y < 0 or y >= h:
+                for e in range(wo * kw * c):
+                    dst[e] = zero
+                continue
+            src = x[b, y]
+            for xo in range(wo):
+                for j in range(kw):
+                    d = (xo * kw + j) * c
+                    ix = xo * stride_w + j * dilation_w - pad_left
+                    if 0 <= ix < w:
+                        for k in range(c):
+                            dst[d + k] = src[ix, k]
+                    else:
+                        for k in range(c):
+                            dst[d + k] = zero
