@@ -70,6 +70,8 @@ def _load_compiled_kernels() -> None:
     _jit_pool.max_pool_2x2_index(f32, f32[:, :1, :1], idx, 0)
     _jit_pool.max_pool_2x2(f32, f32[:, :1, :1].copy())
     _jit_pool.max_pool_2x2_scatter(f32[:, :1, :1].copy(), idx, f32)
+    _jit_pool.avg_pool_2x2(f32, f32[:, :1, :1].copy(), np.float32(0.25))
+    _jit_pool.avg_pool_2x2_scatter(f32[:, :1, :1].copy(), np.float32(0.25), f32)
     _jit_conv.add_row_taps(np.zeros((1, 1, 1, 1, 1), np.float32), f32, 0, 0, 1, 1)
     _jit_conv.row_columns(f32, np.zeros((1, 2, 2, 1, 1), np.float32), 0, 0, 1, 1)
     _jit_epilogue.bias_clip(f32.reshape(-1, 1), np.zeros(1, np.float32), True, True, False, np.inf)

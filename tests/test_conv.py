@@ -29,9 +29,12 @@ CONFIGS = [
 IDS = [c[0] for c in CONFIGS]
 
 
-@pytest.fixture(params=["default", "channels_last_im2col", "winograd", "winograd_numpy", "row_blocks", "row_taps"])
+@pytest.fixture(params=["default", "default_numpy", "channels_last_im2col", "winograd", "winograd_numpy",
+                        "row_blocks", "row_taps"])
 def algorithm(request, monkeypatch):
-    """Run a test with the default kernels, then with the channels-last im2col forced for
+    """Run a test with the default kernels (with the compiled copies and output pass where
+    Numba is installed, the copies also for the few channels of the test layers, and with
+    NumPy's, "default_numpy"), then with the channels-last im2col forced for
     few-channel inputs too (by default they take channels-first columns or row blocks),
     (and input gradients through col2im take the channel-interleaved columns, not tap-major),
     then with Winograd forced on every 3x3 stride-1 convolution (by default it needs many
@@ -60,6 +63,15 @@ def algorithm(request, monkeypatch):
         monkeypatch.setattr(_small_channel_conv, "BLOCK_N", 1 << 30)
         monkeypatch.setattr(_small_channel_conv, "FEW_BLOCK_N", 1 << 30)
         monkeypatch.setattr(_small_channel_conv, "MIN_FEW_BLOCK", 2)
+    if request.param == "default":
+        from cnnkit.nn import _im2col
+        monkeypatch.setattr(_im2col, "COMPILED_MIN_CHANNELS", 1)
+    if request.param == "default_numpy":
+        from cnnkit.nn import _jit
+        _jit.set_enabled(False)
+        yield request.param
+        _jit.set_enabled(None)
+        return
     if request.param.startswith("winograd"):
         from cnnkit.nn import _jit, _winograd
         monkeypatch.setattr(_winograd, "MIN_CHANNEL_PRODUCT", 1)

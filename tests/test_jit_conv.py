@@ -70,7 +70,7 @@ def _numpy_row_columns(x, kw, sw, dw, pads, wo):
 
 @pytest.mark.parametrize("shape,kw,sw,dw,pads", ROW_COLUMN_CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "nchw"])
 def test_compiled_row_columns_equal_numpy_copy(shape, kw, sw, dw, pads, dtype, layout, monkeypatch):
     from cnnkit.nn import _im2col
     rng = np.random.default_rng(5)
@@ -80,8 +80,11 @@ def test_compiled_row_columns_equal_numpy_copy(shape, kw, sw, dw, pads, dtype, l
         big = np.zeros((2 * shape[0],) + shape[1:], dtype)
         big[::2] = x
         x = big[::2]
+    if layout == "nchw":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)   # channels not contiguous
     w = shape[2] + pads[2] + pads[3]
     wo = (w - (kw - 1) * dw - 1) // sw + 1
+    monkeypatch.setattr(_im2col, "COMPILED_MIN_CHANNELS", 1)
     calls = count_calls(monkeypatch, _jit_conv, "row_columns")
     _jit.set_enabled(True)
     try:
@@ -103,8 +106,9 @@ def test_compiled_row_columns_equal_numpy_copy(shape, kw, sw, dw, pads, dtype, l
 
 def test_row_tap_convolution_with_compiled_columns_matches_float64_reference(monkeypatch):
     """The whole row-tap forward through the compiled copy, against a float64 im2col run."""
-    from cnnkit.nn import _conv_kernels, _small_channel_conv
+    from cnnkit.nn import _conv_kernels, _im2col, _small_channel_conv
     monkeypatch.setattr(_small_channel_conv, "BLOCK_N", 0)    # no row blocks for few outputs
+    monkeypatch.setattr(_im2col, "COMPILED_MIN_CHANNELS", 1)
     rng = np.random.default_rng(8)
     x = rng.standard_normal((3, 16, 14, 6))
     layer = Conv2d(6, 5, 3, padding=1)
@@ -120,3 +124,58 @@ def test_row_tap_convolution_with_compiled_columns_matches_float64_reference(mon
     monkeypatch.setattr(_conv_kernels, "ROW_TAPS", False)
     ref = F.conv2d(x.transpose(0, 3, 1, 2), w, None, 1, 1)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+# (N, H, W, C), kernel, stride, dilation, pads (top, bottom, left, right).
+COLUMN_CASES = [
+    ((2, 6, 7, 3), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+    ((2, 9, 11, 4), (5, 3), (2, 1), (1, 2), (2, 1, 0, 3)),
+    ((1, 8, 9, 2), (2, 2), (2, 2), (1, 1), (0, 0, 0, 0)),
+    ((2, 7, 8, 5), (3, 3), (1, 2), (2, 1), (-1, 2, 1, -1)),
+]
+
+
+@pytest.mark.parametrize("shape,kernel,stride,dilation,pads", COLUMN_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "nchw"])
+def test_compiled_columns_equal_numpy_im2col(shape, kernel, stride, dilation, pads, dtype, layout, monkeypatch):
+    from cnnkit.nn import _im2col
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.flat[7] = np.nan
+    if layout == "strided":
+        x = np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)   # rows not contiguous
+    if layout == "nchw":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)   # channels not contiguous
+    out_hw = tuple((size + pads[2 * a] + pads[2 * a + 1] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1
+                   for a, size in enumerate(shape[1:3]))
+    monkeypatch.setattr(_im2col, "COMPILED_MIN_CHANNELS", 1)
+    calls = count_calls(monkeypatch, _jit_conv, "columns")
+    _jit.set_enabled(True)
+    try:
+        cols = _im2col.im2col(x, kernel, stride, dilation, pads, out_hw)
+        _jit.set_enabled(False)
+        expected = _im2col.im2col(x, kernel, stride, dilation, pads, out_hw)
+    finally:
+        _jit.set_enabled(None)
+    assert calls == {"columns": 1}
+    np.testing.assert_array_equal(cols, expected)
+
+
+def test_grouped_and_few_channel_columns_stay_on_numpy(monkeypatch):
+    from cnnkit.nn import _im2col
+    calls = count_calls(monkeypatch, _jit_conv, "columns", "row_columns")
+    rng = np.random.default_rng(7)
+    wide = rng.standard_normal((2, 5, 5, 64)).astype(np.float32)
+    narrow = rng.standard_normal((2, 5, 5, _im2col.COMPILED_MIN_CHANNELS - 1)).astype(np.float32)
+    _jit.set_enabled(True)
+    try:
+        cols = _im2col.im2col(wide, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), (5, 5), groups=2)
+        _im2col.im2col(narrow, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), (5, 5))
+        _im2col.im2col_rows(narrow, 3, 1, 1, (1, 1, 1, 1), 5)
+        assert calls == {}
+        _im2col.im2col(wide, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), (5, 5))
+        _im2col.im2col_rows(wide, 3, 1, 1, (1, 1, 1, 1), 5)
+    finally:
+        _jit.set_enabled(None)
+    assert calls == {"columns": 1, "row_columns": 1} and cols.shape == (2, 2, 5, 5, 3, 3, 32)

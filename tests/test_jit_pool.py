@@ -1,11 +1,11 @@
-"""nn._jit_pool: the compiled 2x2 max pooling against the NumPy kernels (bit for bit),
+"""nn._jit_pool: the compiled 2x2 max and average pooling against the NumPy kernels (bit for bit),
 finite differences and PyTorch, and that the compiled path really runs."""
 
 import numpy as np
 import pytest
 
 import cnnkit
-from cnnkit.nn import Conv2d, MaxPool2d, ReLU, Sequential, _jit, _jit_pool
+from cnnkit.nn import AvgPool2d, Conv2d, MaxPool2d, ReLU, Sequential, _jit, _jit_pool
 from cnnkit.nn import _pool_kernels as P
 
 from spy_helpers import count_calls
@@ -135,3 +135,67 @@ def test_strided_inputs_stay_on_numpy(spy):
     x = np.random.default_rng(6).standard_normal((2, 3, 6, 6)).astype(np.float32)   # NCHW memory
     MaxPool2d(2)(x)
     assert spy == {}
+
+
+@pytest.fixture
+def avg_spy(monkeypatch):
+    """Compiled kernels on; counts the calls of the compiled average-pooling kernels."""
+    _jit.set_enabled(True)
+    yield count_calls(monkeypatch, _jit_pool, "avg_pool_2x2", "avg_pool_2x2_scatter")
+    _jit.set_enabled(None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_avg_pool_forward_and_scatter_equal_numpy_bits(shape, dtype, avg_spy):
+    rng = np.random.default_rng(7)
+    x = _inputs(rng, shape, dtype).transpose(0, 3, 1, 2)          # NCHW view of NHWC memory
+    n, h, w, c = shape
+    g = rng.standard_normal((n, h // 2, w // 2, c)).astype(dtype).transpose(0, 3, 1, 2)
+
+    def run():
+        out, cache = P.avg_pool2d_forward(x, 2)
+        return out.copy(), P.avg_pool2d_backward(g, cache).copy()
+
+    (out, gx), (ref_out, ref_gx) = _both_paths(run)
+    np.testing.assert_array_equal(out, ref_out)        # NaN in the same places too
+    np.testing.assert_array_equal(gx, ref_gx)
+    assert out.dtype == dtype and gx.dtype == dtype
+    assert avg_spy == {"avg_pool_2x2": 1, "avg_pool_2x2_scatter": 1}
+    # What the pooling means, in float64 (NaN windows aside).
+    ref = x.astype(np.float64)[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_avg_pool_odd_edge_gets_no_gradient(avg_spy):
+    rng = np.random.default_rng(8)
+    x = _channels_last(rng.standard_normal((2, 3, 9, 7)).astype(np.float32))
+    layer = AvgPool2d(2)
+    out = layer(x)
+    gx = layer.backward(_channels_last(np.ones(out.shape, np.float32)))
+    assert avg_spy == {"avg_pool_2x2": 1, "avg_pool_2x2_scatter": 1}
+    assert not gx[:, :, 8].any() and not gx[:, :, :, 6].any()
+    np.testing.assert_array_equal(gx[:, :, :8, :6], 0.25)
+
+
+def test_avg_pool_gradcheck_float64_through_the_compiled_kernels(avg_spy):
+    rng = np.random.default_rng(9)
+    x = _channels_last(rng.standard_normal((2, 3, 6, 9)))
+    g = _channels_last(rng.standard_normal((2, 3, 3, 4)))
+    assert cnnkit.gradcheck(AvgPool2d(2), x, grad_out=g, rtol=1e-6, atol=1e-8)
+    assert avg_spy["avg_pool_2x2"] >= 1 and avg_spy["avg_pool_2x2_scatter"] >= 1
+
+
+def test_avg_pool_parity_with_torch_through_the_compiled_kernels(avg_spy):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(10)
+    x = _channels_last(rng.standard_normal((3, 20, 13, 13)).astype(np.float32))
+    layer = AvgPool2d(2)
+    out = layer(x)
+    xt = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_()
+    ot = torch.nn.functional.avg_pool2d(xt, 2)
+    np.testing.assert_allclose(out, ot.detach().numpy(), rtol=1e-6, atol=1e-6)
+    g = _channels_last(rng.standard_normal(out.shape).astype(np.float32))
+    ot.backward(torch.from_numpy(np.ascontiguousarray(g)))
+    np.testing.assert_allclose(layer.backward(g), xt.grad.numpy(), rtol=1e-6, atol=1e-7)
+    assert avg_spy == {"avg_pool_2x2": 1, "avg_pool_2x2_scatter": 1}

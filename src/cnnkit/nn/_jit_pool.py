@@ -1,9 +1,10 @@
-"""Compiled 2x2 / stride-2 max pooling (NHWC), the optional Numba path of ``_pool_kernels``.
+"""Compiled 2x2 / stride-2 max and average pooling (NHWC), the optional Numba path of
+``_pool_kernels``.
 
 Each kernel is the loop its NumPy twin in ``_pool_kernels`` writes as whole-array calls,
 with the same arithmetic, so both give the same bits (``_max4_with_index``'s tournament:
 pairs (0, 1) and (2, 3), then the pair winners; ties to the first tap; NaN propagates as in
-``np.maximum``). Windows are the 2x2 blocks at (2i, 2j); an odd last row or column of the
+``np.maximum``; the average's adds in tap order, then one multiply by the reciprocal). Windows are the 2x2 blocks at (2i, 2j); an odd last row or column of the
 input is in no window (floor mode), and the scatter leaves it as it finds it.
 See ``_jit`` for when these run and what they gain.
 """
@@ -89,6 +90,48 @@ def max_pool_2x2_scatter(grad_out, idx, grad_in):
                         v, t = src[q + k], tap[q + k] - 2 * r      # t: 0 or 1 in this row
                         dst[p + k] = v if t == 0 else zero
                         dst[p + c + k] = v if t == 1 else zero
+
+
+@kernel
+def avg_pool_2x2(x, out, inv):
+    """out[n, i, j, c] = (((a0 + a1) + a2) + a3) * inv over window (2i.., 2j..), taps
+    row-major: the NumPy path's adds in its order (``avg_pool2d_forward``), so the same bits.
+
+    Shape: x (N, H, W, C), out (N, H // 2, W // 2, C), C-contiguous; ``inv`` a scalar of
+    their dtype (0.25)."""
+    n, ho, wo, c = out.shape
+    h, w = x.shape[1], x.shape[2]
+    x3, out3 = x.reshape(n, h, w * c), out.reshape(n, ho, wo * c)
+    for b in range(n):
+        for i in range(ho):
+            top, low, dst = x3[b, 2 * i], x3[b, 2 * i + 1], out3[b, i]
+            for j in range(wo):
+                p, q = 2 * j * c, j * c
+                for k in range(c):
+                    dst[q + k] = (((top[p + k] + top[p + c + k]) + low[p + k]) + low[p + c + k]) * inv
+
+
+@kernel
+def avg_pool_2x2_scatter(grad_out, inv, grad_in):
+    """grad_in[n, 2i + r, 2j + s, c] = grad_out[n, i, j, c] * inv for r, s in {0, 1}; an odd
+    last row or column (in no window) is left as it is.
+
+    Shape: grad_out (N, Ho, Wo, C), grad_in (N, H, W, C) with H >= 2 Ho, W >= 2 Wo,
+    C-contiguous; ``inv`` a scalar of their dtype."""
+    n, ho, wo, c = grad_out.shape
+    h, w = grad_in.shape[1], grad_in.shape[2]
+    g3, gx3 = grad_out.reshape(n, ho, wo * c), grad_in.reshape(n, h, w * c)
+    for b in range(n):
+        for i in range(ho):
+            src, top, low = g3[b, i], gx3[b, 2 * i], gx3[b, 2 * i + 1]
+            for j in range(wo):
+                q, p = j * c, 2 * j * c
+                for k in range(c):
+                    v = src[q + k] * inv
+                    top[p + k] = v
+                    top[p + c + k] = v
+                    low[p + k] = v
+                    low[p + c + k] = v
 
 
 def usable(geo: dict, *arrays: np.ndarray | None) -> bool:

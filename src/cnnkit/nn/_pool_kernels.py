@@ -228,8 +228,13 @@ def avg_pool2d_forward(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_
     taps = [(o, i) for _, o, i in _taps(geo)]
     out = _recycle.empty((n, ho, wo, c), dtype=x.dtype)
 
+    compiled = np.isscalar(inv) and _jit_pool.usable(geo, xt, out)
+
     def run(a, b):
         dst_all = out[a:b]
+        if compiled:
+            _jit_pool.avg_pool_2x2(xt[a:b], dst_all, inv)
+            return
         src = [(o, xt[a:b, i[0], i[1]]) for o, i in taps]
         if geo["covers"]:
             if len(src) == 1:
@@ -258,8 +263,12 @@ def avg_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:
     fresh = np.empty if assign and geo["tiles"] else np.zeros
     gx = fresh((n, h, w, c), dtype=grad_out.dtype)
     taps = [(o, i) for _, o, i in _taps(geo)]
+    compiled = assign and np.isscalar(inv) and _jit_pool.usable(geo, g, gx)
 
     def run(a, b):
+        if compiled:
+            _jit_pool.avg_pool_2x2_scatter(g[a:b], inv, gx[a:b])
+            return
         gs = g[a:b] * inv
         for o, i in taps:
             dst = gx[a:b, i[0], i[1]]
