@@ -75,6 +75,7 @@ def _load_compiled_kernels() -> None:
     _jit_conv.add_row_taps(np.zeros((1, 1, 1, 1, 1), np.float32), f32, 0, 0, 1, 1)
     _jit_conv.row_columns(f32, np.zeros((1, 2, 2, 1, 1), np.float32), 0, 0, 1, 1)
     _jit_epilogue.bias_clip(f32.reshape(-1, 1), np.zeros(1, np.float32), True, True, False, np.inf)
+    _jit_epilogue.multiply_by_positive(f32.reshape(-1), f32.reshape(-1))
     v = np.zeros((16, 1, 1), np.float32)
     perm = np.arange(16)
     _jit_winograd.input_tiles(f32, 0, 0, 1, 1, perm, v)

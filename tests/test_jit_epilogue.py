@@ -69,3 +69,24 @@ def test_chunks_the_kernel_cannot_take_stay_on_numpy(monkeypatch):
     assert calls == {}
     np.testing.assert_array_equal(strided, expected)
     np.testing.assert_array_equal(dst, expected_tiled)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in multiply")   # inf * 0, on purpose
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_mask_by_positive_equals_numpy_bits(dtype, monkeypatch):
+    rng = np.random.default_rng(5)
+    grad = _values(rng, (3, 5, 4, 6), dtype)
+    ref = _values(rng, (3, 5, 4, 6), dtype)
+    ref.reshape(-1)[6:12] = [np.nan, -0.0, 0.0, 1e-30, -1e-30, np.inf]
+    calls = count_calls(monkeypatch, _jit_epilogue, "multiply_by_positive")
+    compiled, reference = grad.copy(), grad.copy()
+    _jit.set_enabled(True)
+    try:
+        _epilogue.mask_by_positive(compiled, ref)
+        _jit.set_enabled(False)
+        _epilogue.mask_by_positive(reference, ref)
+    finally:
+        _jit.set_enabled(None)
+    assert calls == {"multiply_by_positive": 1}
+    np.testing.assert_array_equal(_bits(compiled), _bits(reference))   # -0.0 and NaN included
+    np.testing.assert_array_equal(compiled, grad * (ref > 0))

@@ -87,6 +87,10 @@ def mask_by_positive(grad: np.ndarray, ref: np.ndarray) -> None:
     instead of in a separate pass over the whole gradient (see ``Sequential``; measured on a
     9-image chunk of conv4's 28x28x32 gradient: 75 us here, against ~0.9 ms for the ReLU's
     own pass over the batch of 64). Same arithmetic as ``ReLU.backward``: bit for bit."""
+    if (_jit.enabled() and grad.flags.c_contiguous and ref.flags.c_contiguous and grad.shape == ref.shape
+            and grad.dtype.kind == "f"):
+        _jit_epilogue.multiply_by_positive(grad.reshape(-1), ref.reshape(-1))
+        return
     keep = workspace.get("relu_grad_mask", grad.shape, np.bool_)
     np.greater(ref, 0, out=keep)
     np.multiply(grad, keep, out=grad)
