@@ -59,6 +59,21 @@ ROW_COLUMN_CASES = [
 ]
 
 
+def _nhwc_input(shape, dtype, layout: str, seed: int) -> np.ndarray:
+    """Random NHWC values with a NaN, laid out "contiguous", "strided" (every other image of a
+    bigger batch) or "nchw" (channels not contiguous)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.flat[3] = np.nan
+    if layout == "strided":
+        big = np.zeros((2 * shape[0],) + shape[1:], dtype)
+        big[::2] = x
+        x = big[::2]
+    if layout == "nchw":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    return x
+
+
 def _numpy_row_columns(x, kw, sw, dw, pads, wo):
     from cnnkit.nn import _im2col
     try:
@@ -73,15 +88,7 @@ def _numpy_row_columns(x, kw, sw, dw, pads, wo):
 @pytest.mark.parametrize("layout", ["contiguous", "strided", "nchw"])
 def test_compiled_row_columns_equal_numpy_copy(shape, kw, sw, dw, pads, dtype, layout, monkeypatch):
     from cnnkit.nn import _im2col
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal(shape).astype(dtype)
-    x.flat[3] = np.nan
-    if layout == "strided":             # every other image of a bigger batch: not C-contiguous
-        big = np.zeros((2 * shape[0],) + shape[1:], dtype)
-        big[::2] = x
-        x = big[::2]
-    if layout == "nchw":
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)   # channels not contiguous
+    x = _nhwc_input(shape, dtype, layout, seed=5)
     w = shape[2] + pads[2] + pads[3]
     wo = (w - (kw - 1) * dw - 1) // sw + 1
     monkeypatch.setattr(_im2col, "COMPILED_MIN_CHANNELS", 1)
@@ -140,13 +147,7 @@ COLUMN_CASES = [
 @pytest.mark.parametrize("layout", ["contiguous", "strided", "nchw"])
 def test_compiled_columns_equal_numpy_im2col(shape, kernel, stride, dilation, pads, dtype, layout, monkeypatch):
     from cnnkit.nn import _im2col
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal(shape).astype(dtype)
-    x.flat[7] = np.nan
-    if layout == "strided":
-        x = np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)   # rows not contiguous
-    if layout == "nchw":
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)   # channels not contiguous
+    x = _nhwc_input(shape, dtype, layout, seed=6)
     out_hw = tuple((size + pads[2 * a] + pads[2 * a + 1] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1
                    for a, size in enumerate(shape[1:3]))
     monkeypatch.setattr(_im2col, "COMPILED_MIN_CHANNELS", 1)
