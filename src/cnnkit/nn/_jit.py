@@ -14,6 +14,10 @@ pool input (N, H, W, C)           index forward  gradient scatter
 (32, 14, 14, 64)  4-conv conv4    0.310 / 0.042  0.398 / 0.046
 ================================  =============  ===============
 
+The same holds for the other compiled steps: 2x2 average pooling (``_jit_pool``), the
+convolutions' column copies and row-tap adds (``_jit_conv``), their output pass and folded
+ReLU backward (``_jit_epilogue``) and Winograd's tile transforms (``_jit_winograd``).
+
 The kernels are compiled with ``nogil=True``: the thread pool's threads (``_parallel``) run
 them side by side without handing the GIL to each other, and on these VMs every GIL
 hand-over between two busy threads costs a vCPU wake-up (40-90 us).
@@ -25,7 +29,8 @@ Numba is imported on that first call, not when cnnkit is imported.
 
 Fallback: the NumPy code, silently, when Numba is not installed or does not import, when
 ``CNNKIT_JIT=0`` is in the environment, or after ``set_enabled(False)``. ``status()`` says
-which and why. Both paths compute the same values bit for bit (tests run both).
+which and why. Both paths compute the same values bit for bit, except Winograd's transforms
+(their adds run in another order: float32 rounding apart); the tests run both.
 """
 
 from __future__ import annotations

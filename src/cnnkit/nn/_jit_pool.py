@@ -4,8 +4,9 @@
 Each kernel is the loop its NumPy twin in ``_pool_kernels`` writes as whole-array calls,
 with the same arithmetic, so both give the same bits (``_max4_with_index``'s tournament:
 pairs (0, 1) and (2, 3), then the pair winners; ties to the first tap; NaN propagates as in
-``np.maximum``; the average's adds in tap order, then one multiply by the reciprocal). Windows are the 2x2 blocks at (2i, 2j); an odd last row or column of the
-input is in no window (floor mode), and the scatter leaves it as it finds it.
+``np.maximum``; the average's adds in tap order, then one multiply by the reciprocal).
+Windows are the 2x2 blocks at (2i, 2j); an odd last row or column of the input is in no
+window (floor mode), and the scatters leave it as they find it.
 See ``_jit`` for when these run and what they gain.
 """
 

@@ -227,7 +227,6 @@ def avg_pool2d_forward(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_
     inv = x.dtype.type(inv) if np.isscalar(inv) else inv.astype(x.dtype)
     taps = [(o, i) for _, o, i in _taps(geo)]
     out = _recycle.empty((n, ho, wo, c), dtype=x.dtype)
-
     compiled = np.isscalar(inv) and _jit_pool.usable(geo, xt, out)
 
     def run(a, b):
