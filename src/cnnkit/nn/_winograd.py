@@ -152,15 +152,15 @@ def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None, flipp
                 # the output sweep (see _jit_winograd).
                 v = workspace.get("wino_v", (16, t, c), xt.dtype)
                 _jit_winograd.input_tiles(xt[n0:n1], pads[0], pads[2], th, tw, perm, v)
-                m = workspace.get("wino_d", (16, t, o), xt.dtype)
-                _gemm.matmul(v, wt, out=m)
-                _jit_winograd.output_tiles(m, bias_vec, clip_low, cap, perm, dst, th, tw)
             else:
                 v = _input_tiles(xt[n0:n1], pads, th, tw, "wino_v", kb)
+            m = workspace.get("wino_d", (16, t, o), xt.dtype)
+            _gemm.matmul(v, wt, out=m)
+            if compiled:
+                _jit_winograd.output_tiles(m, bias_vec, clip_low, cap, perm, dst, th, tw)
+            else:
                 # Scratch reuse: the raw tiles are dead once transformed, the transformed tiles
                 # once multiplied (memory: the buffers exist per thread).
-                m = workspace.get("wino_d", (16, t, o), xt.dtype)
-                _gemm.matmul(v, wt, out=m)
                 y = workspace.get("wino_v", (4, t * o), xt.dtype)
                 _gemm.matmul(ka, m.reshape(16, t * o), out=y)
                 y6 = y.reshape(2, 2, n1 - n0, th, tw, o)
