@@ -107,7 +107,7 @@ def _torch_conv(torch, kwargs, shape, layer):
     kw = dict(kwargs)
     pad = None
     if kw.get("padding") == "same" and kw.get("stride", 1) != 1:
-        from cnnkit.nn.functional import resolve_conv_padding
+        from cnnkit.nn._kernels import resolve_conv_padding
         t, b, l, r = resolve_conv_padding("same", shape[2:], layer.kernel_size, layer.stride, layer.dilation)
         pad = (l, r, t, b)
         kw["padding"] = 0
@@ -205,7 +205,7 @@ def test_same_padding_matches_torch_same_stride1():
 
 def test_tf_same_stride2_output_size_and_padding():
     # TF rule: output ceil(H / s); odd padding pixel at the bottom / right.
-    from cnnkit.nn.functional import same_padding
+    from cnnkit.nn._kernels import same_padding
     assert same_padding(8, 3, 2) == (0, 1)
     assert same_padding(7, 3, 2) == (1, 1)
     assert same_padding(224, 3, 2) == (0, 1)
@@ -356,7 +356,7 @@ SMALL_C_LAYERS = [
 @pytest.mark.parametrize("threads", [1, 2])
 def test_small_channel_layers_parity_with_torch_float32(c, o, k, pad, h, layout, threads, monkeypatch):
     torch = pytest.importorskip("torch")
-    from cnnkit.nn import _parallel, functional as F
+    from cnnkit.nn import _parallel, _kernels as F
     if threads > 1:
         if _parallel._blas is None:
             pytest.skip("NumPy's OpenBLAS not found: the kernels run serially")
@@ -429,7 +429,7 @@ def test_conv_through_stacked_small_gemms_matches_torch(monkeypatch):
 def test_fused_relu_equals_relu_of_the_output(name, kwargs, shape, algorithm):
     # Every kernel path (GEMM, small-channel, row blocks, Winograd, depthwise, pointwise)
     # applies the fused ReLU to exactly its own output.
-    from cnnkit.nn import functional as F
+    from cnnkit.nn import _kernels as F
     rng = np.random.default_rng(14)
     layer = Conv2d(**kwargs)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -445,7 +445,7 @@ def test_fused_relu_equals_relu_of_the_output(name, kwargs, shape, algorithm):
 def test_depthwise_forward_same_on_the_threads_as_serially(batch, monkeypatch):
     """The depthwise forward runs on the calling thread by default (GIL-bound on two);
     its row split over the threads must give the same result, bit for bit."""
-    from cnnkit.nn import _conv_kernels, functional as F
+    from cnnkit.nn import _conv_kernels, _kernels as F
     cnnkit.manual_seed(0)
     conv = Conv2d(48, 48, 5, stride=1, padding=2, groups=48)
     x = np.random.default_rng(0).standard_normal((batch, 48, 40, 40)).astype(np.float32)
@@ -463,7 +463,7 @@ def test_depthwise_forward_same_on_the_threads_as_serially(batch, monkeypatch):
 
 def test_conv2d_forward_relu_flag_and_cap():
     """``relu`` is a flag (NumPy bools too, never read as a cap of 1) or a cap (6.0: ReLU6)."""
-    from cnnkit.nn import functional as F
+    from cnnkit.nn import _kernels as F
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32) * 4
     w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
@@ -565,7 +565,7 @@ def test_row_tap_input_grad_matches_float64_and_is_taken(kwargs, shape, chunk_by
     the row taps, used where col2im would be) gives the float64 gradient, in one chunk
     and in one-image chunks, with and without a following ReLU mask; and really runs."""
     from cnnkit.nn import _conv_kernels
-    from cnnkit.nn import functional as F
+    from cnnkit.nn import _kernels as F
     monkeypatch.setattr(_conv_kernels, "GX_TRANSPOSED_FACTOR", 0)     # col2im's branch
     calls = _spy_on_mkl_kernel(monkeypatch, "_row_tap_input_grad", chunk_bytes)
     rng = np.random.default_rng(23)

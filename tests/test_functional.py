@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cnnkit.nn import functional as F
+from cnnkit.nn import _kernels as F
 from cnnkit.nn._buffers import Workspace
 
 

@@ -99,7 +99,7 @@ def test_module_state_is_restored():
     model(x)
     model.backward(np.ones((5, 4), np.float32))
     before = {k: v.copy() for k, v in model.state_dict().items()}
-    grads = {n: p.grad.copy() for n, p in model.named_parameters()}
+    grads = {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
     rng_state = cnnkit.random.get_rng_state()
     running_mean = model[1].running_mean
     assert gradcheck(model, x)
@@ -152,8 +152,10 @@ def test_function_pair_and_object():
     assert gradcheck((fwd, bwd), _x(), _x(seed=1))
     with pytest.raises(GradcheckError, match=r"input\[1\] .*FAILED"):
         gradcheck((fwd, lambda g: (g * state["ab"][1], g)), _x(), _x(seed=1))
-    with pytest.raises(TypeError, match="expected a cnnkit.nn.Module, a \\(forward_fn, backward_fn\\) pair"):
+    with pytest.raises(TypeError, match="without a graph.*a \\(forward_fn, backward_fn\\) pair"):
         gradcheck(np.tanh, _x())
+    with pytest.raises(TypeError, match="expected a cnnkit.nn.Module, a Function"):
+        gradcheck(3, _x())
 
 
 def test_integer_inputs_pass_through():

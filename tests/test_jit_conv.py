@@ -6,7 +6,7 @@ import pytest
 
 import cnnkit
 from cnnkit.nn import Conv2d, _jit, _jit_conv
-from cnnkit.nn import functional as F
+from cnnkit.nn import _kernels as F
 
 from spy_helpers import count_calls
 from test_conv import ROW_TAP_LAYERS, _spy_on_mkl_kernel

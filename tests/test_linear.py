@@ -168,7 +168,7 @@ def test_identity_passes_through_and_accepts_args():
 def force_parallel(request, monkeypatch):
     """Run Linear's GEMMs on 2, 3 or 4 threads, however small the work."""
     from cnnkit.nn import _parallel
-    from cnnkit.nn import functional as F
+    from cnnkit.nn import _kernels as F
     if _parallel._blas is None:
         pytest.skip("NumPy's OpenBLAS not found: the kernels run serially")
     monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)

@@ -434,7 +434,7 @@ def test_even_pieces_cover_every_element_once_in_equal_shares():
 def test_sgd_on_two_threads_equals_one_thread(cfg):
     """Big enough for the thread pool: one parameter's ranges go to different threads; the
     result is the serial one, bit for bit (elementwise operations on the same values)."""
-    from cnnkit.nn import functional as F
+    from cnnkit.nn import _kernels as F
     _, kw = cfg
     shapes = [(300, 700), (1000,), (64, 3, 3, 3)]
     rng = np.random.default_rng(3)

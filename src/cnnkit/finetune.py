@@ -40,6 +40,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._tensor import Tensor
+
 from .models.imagenet import efficientnet_batch
 from .nn.module import Module
 
@@ -161,8 +163,8 @@ class _Trainer:
         for i in range(0, len(x), self.batch_size):
             idx = order[i:i + self.batch_size]
             self.opt.zero_grad()
-            loss = self.loss_fn(self.net(x[idx]), y[idx])
-            self.net.backward(self.loss_fn.backward())
+            loss = self.loss_fn(self.net(Tensor._wrap(x[idx])), Tensor._wrap(y[idx]))
+            loss.backward()
             self.opt.step()
             total += float(loss) * len(idx)
             n += len(idx)

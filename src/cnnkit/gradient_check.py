@@ -212,7 +212,7 @@ def _run(target_name: str, forward: Callable, backward: Callable, xs: list, para
     for i, (x, xb) in enumerate(zip(xs, x_before)):
         if isinstance(x, np.ndarray) and not np.array_equal(x, xb, equal_nan=True):
             report.problems.append(f"forward or backward modified input[{i}] in place")
-    param_grads = {n: (None if p.grad is None else p.grad.copy()) for n, p in params}
+    param_grads = {n: (None if p.grad is None else p.grad.data.copy()) for n, p in params}
 
     out_again = fwd()
     if not np.array_equal(out, out_again, equal_nan=True):
@@ -271,7 +271,9 @@ def gradcheck(module_or_fn: Any, *inputs: np.ndarray, grad_out: np.ndarray | Non
     """Check a module's (or a forward/backward pair's) gradients against finite differences.
 
     Args:
-        module_or_fn: a ``cnnkit.nn.Module`` (called with one input), or a pair
+        module_or_fn: a ``cnnkit.nn.Module`` (called with one input), a
+            ``cnnkit.autograd.Function`` subclass or any function of Tensors (its gradients
+            come from the graph: ``out.backward(grad_out)``), or a pair
             ``(forward_fn, backward_fn)`` where ``forward_fn(*inputs) -> out`` and
             ``backward_fn(grad_out) -> grad_in`` (or a tuple of one gradient per floating input),
             or any object with such ``forward`` / ``backward`` methods.
@@ -306,7 +308,10 @@ def gradcheck(module_or_fn: Any, *inputs: np.ndarray, grad_out: np.ndarray | Non
                         eps, atol, rtol, seed, raise_exception, check_params)
         finally:
             snapshot.restore()
-    if isinstance(module_or_fn, (tuple, list)) and len(module_or_fn) == 2:
+    if _is_tensor_function(module_or_fn):
+        forward, backward = _graph_pair(module_or_fn)
+        name = getattr(module_or_fn, "__name__", type(module_or_fn).__name__)
+    elif isinstance(module_or_fn, (tuple, list)) and len(module_or_fn) == 2:
         forward, backward = module_or_fn
         name = _describe(forward)
     elif hasattr(module_or_fn, "forward") and hasattr(module_or_fn, "backward"):
@@ -314,8 +319,8 @@ def gradcheck(module_or_fn: Any, *inputs: np.ndarray, grad_out: np.ndarray | Non
         name = _describe(module_or_fn)
     else:
         raise TypeError(
-            "gradcheck: expected a cnnkit.nn.Module, a (forward_fn, backward_fn) pair or an object "
-            f"with forward/backward methods, got {type(module_or_fn).__name__}"
+            "gradcheck: expected a cnnkit.nn.Module, a Function, a function of Tensors, a (forward_fn, backward_fn) "
+            f"pair or an object with forward/backward methods, got {type(module_or_fn).__name__}"
         )
     snapshot = _Snapshot(None)
     try:
@@ -323,6 +328,52 @@ def gradcheck(module_or_fn: Any, *inputs: np.ndarray, grad_out: np.ndarray | Non
                     raise_exception, check_params)
     finally:
         snapshot.restore()
+
+
+def _is_tensor_function(obj: Any) -> bool:
+    from .autograd.function import Function
+
+    if isinstance(obj, type):
+        return issubclass(obj, Function)
+    return callable(obj) and not isinstance(obj, Module) and not hasattr(obj, "backward")
+
+
+def _graph_pair(fn: Any):
+    """(forward, backward) on arrays for a Function or a function of Tensors: forward wraps
+    the floating inputs as Tensors that require a gradient; backward runs the graph."""
+    from ._tensor import Tensor
+    from .autograd.function import Function
+
+    call = fn.apply if isinstance(fn, type) and issubclass(fn, Function) else fn
+    state: dict = {}
+
+    def forward(*arrays):
+        ts = []
+        for a in arrays:
+            if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating):
+                t = Tensor._wrap(a)
+                t.requires_grad = True
+                ts.append(t)
+            else:
+                ts.append(a)
+        out = call(*ts)
+        if not isinstance(out, Tensor) or not out.requires_grad:
+            raise TypeError(
+                f"gradcheck: {getattr(fn, '__name__', fn)!r} returned {type(out).__name__} without a graph; a "
+                f"function to check must compute with cnnkit operations on Tensors (expected a cnnkit.nn.Module, "
+                f"a Function, a function of Tensors, a (forward_fn, backward_fn) pair or an object with "
+                f"forward/backward methods)"
+            )
+        state["inputs"], state["out"] = ts, out
+        return out.data
+
+    def backward(grad_out):
+        ts, out = state["inputs"], state["out"]
+        out.backward(np.asarray(grad_out), retain_graph=False)
+        grads = tuple(None if t.grad is None else t.grad.data for t in ts if isinstance(t, Tensor))
+        return grads if len(grads) != 1 else grads[0]
+
+    return forward, backward
 
 
 def gradcheck_loss(loss_fn: Module, pred: np.ndarray, target: np.ndarray, grad: Any = None,

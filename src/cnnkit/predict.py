@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from .models.imagenet import as_pil_image, efficientnet_batch, imagenet_class_names
-from .nn import functional as F
+from .nn import _kernels as F
 from .nn.module import Module
 
 Prediction = list[tuple[str, float]]

@@ -165,9 +165,22 @@ def batch_of(dataset, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(x float32, y int64)`` for ``idx``: ``dataset.get_batch`` when it has one, else stacked samples."""
     if hasattr(dataset, "get_batch"):
         return dataset.get_batch(idx)
-    samples = [dataset[int(i)] for i in idx]
-    x = np.stack([np.asarray(s[0], dtype=np.float32) for s in samples])
-    return x, np.asarray([int(s[1]) for s in samples], dtype=np.int64)
+    return collate([dataset[int(i)] for i in idx])
+
+
+def collate(samples: list):
+    """Stack a list of samples into a batch, field by field (PyTorch's default collation):
+    ``(input, target)`` pairs give ``(inputs, targets)``; floats stay floating (float32
+    unless already float64), Python ints become int64."""
+    first = samples[0]
+    if isinstance(first, (tuple, list)):
+        return tuple(collate([s[k] for s in samples]) for k in range(len(first)))
+    if isinstance(first, dict):
+        return {k: collate([s[k] for s in samples]) for k in first}
+    arr = np.stack([np.asarray(s) for s in samples])
+    if arr.dtype == np.float64 and not any(isinstance(s, np.ndarray) and s.dtype == np.float64 for s in samples[:1]):
+        arr = arr.astype(np.float32)
+    return arr
 
 
 def random_split(dataset: Dataset, lengths: Sequence[float | int], seed: int | None = None,

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from .._tensor import Tensor
+
 from ..random import get_generator
 from .dataset import batch_of
 
@@ -27,9 +29,12 @@ class DataLoader:
             does not depend on anything else; without it, shuffling draws from cnnkit's global
             generator (``cnnkit.manual_seed``).
         transform: batch transform applied to ``x`` after the dataset's own (e.g. augmentation).
+        num_workers, pin_memory: accepted for PyTorch compatibility; batches are prepared in
+            the main process.
 
     Shape:
-        yields ``x``: float32 ``(n, C, H, W)`` and ``y``: int64 ``(n,)``, ``n <= batch_size``.
+        yields Tensors ``x``: float32 ``(n, C, H, W)`` and ``y``: int64 ``(n,)``, ``n <= batch_size``
+        (a user's dataset: its samples stacked field by field).
 
     Resuming: ``state_dict()`` returns the generator state and the number of passes started
     (JSON-able); ``load_state_dict()`` restores it, so the next pass has the same order as in an
@@ -37,7 +42,8 @@ class DataLoader:
     """
 
     def __init__(self, dataset, batch_size: int = 64, shuffle: bool = False,
-                 drop_last: bool = False, seed: int | None = None, transform=None):
+                 drop_last: bool = False, seed: int | None = None, transform=None, num_workers: int = 0,
+                 pin_memory: bool = False, **_ignored):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         if transform is not None and not callable(transform):
@@ -66,10 +72,10 @@ class DataLoader:
         self.epochs_started += 1
         for k in range(len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
-            x, y = batch_of(self.dataset, idx)
+            batch = batch_of(self.dataset, idx)
             if self.transform is not None:
-                x = self.transform(x)
-            yield x, y
+                batch = (self.transform(batch[0]),) + tuple(batch[1:])
+            yield _as_tensors(batch)
 
     def state_dict(self) -> dict:
         """``{"epochs_started": int, "generator": bit_generator state or None}`` (JSON-able)."""
@@ -88,3 +94,12 @@ class DataLoader:
     def __repr__(self) -> str:
         return (f"DataLoader(dataset={self.dataset!r}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, drop_last={self.drop_last}, seed={self.seed})")
+
+
+def _as_tensors(batch):
+    """Arrays of a batch as Tensors (no copy), in the batch's structure."""
+    if isinstance(batch, tuple):
+        return tuple(_as_tensors(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _as_tensors(v) for k, v in batch.items()}
+    return batch if isinstance(batch, Tensor) else Tensor._wrap(np.asarray(batch))

@@ -4,8 +4,8 @@ torchvision names a block's layers by role (``squeeze``, ``expand1x1``, ``conv1`
 ``downsample``), but the data flow (a parallel concatenation, a residual sum) is what our
 containers ``Concat`` and ``Residual`` express, and they would name their children ``0``, ``1``,
 ... A ``Wired`` block registers its layers under torchvision's names and keeps a private
-container graph over the very same layer objects for ``forward`` / ``backward``. So the keys
-match torchvision, the chain rule stays in the containers, and no model writes backward code.
+container graph over the very same layer objects for ``forward``. So the keys
+match torchvision, and no model writes backward code (the graph records the operations).
 """
 
 from __future__ import annotations
@@ -34,17 +34,3 @@ class Wired(Module):
         if self._graph.training != self.training:
             self._graph.train(self.training)
         return self._graph(x)
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
-        return self._graph.backward(grad_out)
-
-    # A container that needs no input gradient from this block says so through this flag;
-    # the graph passes it on to the layers that see the block's input.
-    @property
-    def needs_input_grad(self) -> bool:
-        graph = self.__dict__.get("_graph")
-        return True if graph is None else graph.needs_input_grad
-
-    @needs_input_grad.setter
-    def needs_input_grad(self, value: bool) -> None:
-        self._graph.needs_input_grad = bool(value)

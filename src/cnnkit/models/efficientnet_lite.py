@@ -121,20 +121,10 @@ class MBConvBlock(Module):
             object.__setattr__(wrapper, "training", self.training)
 
     # Containers switch input gradients off for a first layer; pass that on to the graph.
-    @property
-    def needs_input_grad(self) -> bool:
-        return self._graph.needs_input_grad
-
-    @needs_input_grad.setter
-    def needs_input_grad(self, value: bool) -> None:
-        self._graph.needs_input_grad = bool(value)
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._sync_mode()
         return self._graph(x)
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return self._graph.backward(grad_out)
 
     def extra_repr(self) -> str:
         cin, cout, k, s, e = self._config

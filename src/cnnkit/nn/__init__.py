@@ -17,10 +17,11 @@ _EXPORTS = {
     "BatchNorm1d": "normalization", "BatchNorm2d": "normalization",
     "Dropout": "dropout",
     "Sequential": "containers", "Concat": "containers", "Residual": "containers",
-    "CrossEntropyLoss": "losses", "MSELoss": "losses", "L1Loss": "losses", "BCEWithLogitsLoss": "losses",
+    "ModuleList": "containers", "ModuleDict": "containers",
+    "CrossEntropyLoss": "losses", "NLLLoss": "losses", "MSELoss": "losses", "L1Loss": "losses", "BCEWithLogitsLoss": "losses",
     "empty_cache": "_recycle", "gemm_backend": "_gemm",
 }
-_SUBMODULES = {"functional", "init", "module", "conv", "pooling", "linear", "activation",
+_SUBMODULES = {"functional", "fusion", "init", "module", "conv", "pooling", "linear", "activation",
                "normalization", "dropout", "containers", "losses"}
 
 __all__ = ["Module", "Parameter", *_EXPORTS, "functional", "init"]

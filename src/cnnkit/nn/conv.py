@@ -7,15 +7,19 @@ import math
 import numpy as np
 
 from ..random import get_generator
-from . import functional as F
-from .module import DEFAULT_DTYPE, Module, Parameter, is_grad_enabled
+from . import _kernels as F
+from ..ops.conv import Conv2d as Conv, ZeroPad2d as Pad
+from .._tensor import Tensor
+from .module import DEFAULT_DTYPE, Module, Parameter
 
 
-def _check_4d(layer: Module, x: np.ndarray) -> None:
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{layer._short_name()}: expected a numpy array, got {type(x).__name__}")
+def _check_4d(layer: Module, x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{layer._short_name()}: expected a Tensor or a numpy array, got {type(x).__name__}")
     if x.ndim != 4:
-        raise ValueError(f"{layer._short_name()}: expected a 4-D input (N, C, H, W), got shape {x.shape}")
+        raise ValueError(f"{layer._short_name()}: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{layer._short_name()}: expected a floating-point input, got dtype {x.dtype}")
 
 
 class Conv2d(Module):
@@ -44,8 +48,6 @@ class Conv2d(Module):
         weight: Parameter (O, C // groups, kh, kw), PyTorch's default initialisation
             U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a=sqrt(5)).
         bias: Parameter (O,) or None, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-        needs_input_grad: when False, ``backward`` skips the input gradient and returns
-            None (the first layer of a network does not need it).
 
     Shape:
         Input (N, C, H, W) -> output (N, O, Ho, Wo) with
@@ -53,14 +55,10 @@ class Conv2d(Module):
         The output is an NCHW view of channels-last memory (see ``nn.functional``).
 
     Returns:
-        ``forward(x)`` the output; ``backward(grad_out)`` the gradient with respect to x
-        (or None), after adding the parameter gradients into ``weight.grad`` / ``bias.grad``.
+        ``forward(x)`` the output Tensor (``ops.conv.Conv2d``: the forward and backward).
     """
 
-    returns_fresh_output = True       # see Module: a ReLU after it may work in place
-    returns_fresh_input_grad = True
-    fuses_relu = True                 # ... or be fused into its output pass
-    absorbs_relu_grad = True          # ... and the backward of a ReLU before it is folded in
+    returns_fresh_output = True       # see nn.fusion: a ReLU after it may work in place
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, generator: np.random.Generator | None = None):
@@ -83,7 +81,6 @@ class Conv2d(Module):
             self.padding = padding
         else:
             self.padding = F.pair(padding, "Conv2d padding", minimum=0)
-        self.needs_input_grad = True
         fan_in = (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
         bound = 1.0 / math.sqrt(fan_in)
         gen = get_generator(generator)
@@ -93,7 +90,6 @@ class Conv2d(Module):
             self.bias = Parameter(gen.uniform(-bound, bound, size=(self.out_channels,)).astype(DEFAULT_DTYPE))
         else:
             self.bias = None
-        self._cache = None
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -107,13 +103,16 @@ class Conv2d(Module):
             s += ", bias=False"
         return s
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: Tensor) -> Tensor:
+        return Conv.apply(x, self.weight, self.bias, self.stride, self._pads(x), self.dilation, self.groups)
+
+    def _pads(self, x: Tensor) -> tuple[int, int, int, int]:
+        """Check ``x`` against this layer; its padding as (top, bottom, left, right)."""
         _check_4d(self, x)
         if x.shape[1] != self.in_channels:
             raise ValueError(
-                f"{self._short_name()}: expected input of shape (N, {self.in_channels}, H, W), got {x.shape}"
+                f"{self._short_name()}: expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        w = self.weight.data
         n, c, h, wd = x.shape
         pads = F.resolve_conv_padding(self.padding, (h, wd), self.kernel_size, self.stride, self.dilation)
         ho = F.conv_output_size(h, self.kernel_size[0], self.stride[0], pads[0] + pads[1], self.dilation[0])
@@ -123,51 +122,7 @@ class Conv2d(Module):
                 f"{self._short_name()}: input spatial size ({h}, {wd}) is too small for kernel_size "
                 f"{self.kernel_size} with dilation {self.dilation} and padding {self.padding}"
             )
-        bias = None if self.bias is None else self.bias.data
-        # The cache is only a reference to x (no copy), so it is kept in eval mode too:
-        # gradients through an eval-mode network (saliency, frozen BatchNorm) still work.
-        # A Sequential may ask for the next ReLU to be fused into the output pass, and for the
-        # backward of the ReLU before this layer to be folded into ours (one call each).
-        relu = self.__dict__.get("_fuse_relu", False)
-        relu_input = self.__dict__.get("_input_is_relu_output", False)
-        pool = self.__dict__.get("_fuse_relu_max_pool", False)
-        if relu_input:
-            self.__dict__["_relu_grad_folded"] = True  # Sequential skips that ReLU's backward
-        fold = self.__dict__.get("_fold_batch_norm", None)
-        if fold:
-            # ... or, without gradients, the eval-mode BatchNorm2d after it (and the ReLU or
-            # ReLU6 after that): folded into the weight and bias, the activation a cap.
-            w, bias = _fold_batch_norm(w, bias, fold[0])
-            out, _ = F.conv2d_forward(x, w, bias, self.stride, pads, self.dilation, self.groups, keep_cache=False,
-                                      relu=fold[1])
-            self._cache = None
-            self.__dict__["_batch_norm_folded"] = True
-            return out
-        if pool:
-            # ... or even the ReLU and the MaxPool2d after it: one pass, the pool's cache
-            # set here (see Sequential and nn._conv_pool).
-            out, self._cache, pool._cache = F.conv2d_relu_max_pool2d(
-                x, w, bias, self.stride, pads, self.dilation, self.groups, pool.kernel_size, pool.stride,
-                pool.padding, pool.ceil_mode, keep_cache=pool.training and is_grad_enabled(),
-                relu_input=relu_input)
-            self.__dict__["_relu_max_pool_fused"] = True
-            return out
-        out, self._cache = F.conv2d_forward(x, w, bias, self.stride, pads, self.dilation, self.groups, relu=relu,
-                                            relu_input=relu_input)
-        return out
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray | None:
-        cache = self._need_cache(self._cache)
-        need_b = self.bias is not None and self.bias.requires_grad
-        gx, gw, gb = F.conv2d_backward(grad_out, cache, self.weight.data,
-                                       need_input_grad=self.needs_input_grad,
-                                       need_weight_grad=self.weight.requires_grad,
-                                       need_bias_grad=need_b)
-        if gw is not None:  # the kernels return fresh arrays: no copy needed
-            self.weight.accumulate_grad(gw, owned=True)
-        if gb is not None:
-            self.bias.accumulate_grad(gb, owned=True)
-        return gx
+        return pads
 
 
 class ZeroPad2d(Module):
@@ -180,7 +135,7 @@ class ZeroPad2d(Module):
         Input (N, C, H, W) -> output (N, C, H + top + bottom, W + left + right).
 
     Returns:
-        ``forward(x)`` the padded array; ``backward(grad_out)`` the gradient for x.
+        ``forward(x)`` the padded Tensor.
     """
 
     def __init__(self, padding):
@@ -194,22 +149,16 @@ class ZeroPad2d(Module):
         else:
             raise TypeError(f"ZeroPad2d: padding must be an int or (left, right, top, bottom), got {padding!r}")
         self.padding = padding
-        self._cache = None
 
     def extra_repr(self) -> str:
         return f"{self.padding}"
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: Tensor) -> Tensor:
         _check_4d(self, x)
         left, right, top, bottom = self.padding
         if x.shape[2] + top + bottom < 1 or x.shape[3] + left + right < 1:
-            raise ValueError(f"{self._short_name()}: padding leaves an empty output for input {x.shape}")
-        self._cache = x.shape
-        return F.pad2d(x, self.padding)
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        shape = self._need_cache(self._cache)
-        return F.pad2d_backward(grad_out, shape, self.padding)
+            raise ValueError(f"{self._short_name()}: padding leaves an empty output for input {tuple(x.shape)}")
+        return Pad.apply(x, self.padding)
 
 
 def _fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn) -> tuple[np.ndarray, np.ndarray]:

@@ -1,258 +1,312 @@
-"""Pure array kernels (no state): convolution, padding, pooling, softmax.
+"""cnnkit.nn.functional: PyTorch's functional names, each a differentiable operation.
 
-Layout. Arguments and results are NCHW arrays, as in PyTorch. Inside, the kernels work
-on the NHWC *view* ``x.transpose(0, 2, 3, 1)`` and allocate their results in NHWC memory,
-returning the NCHW view of it. Why: with channels last, the im2col matrix of a
-convolution is a plain row-major (N*Ho*Wo, kh*kw*C) matrix, its GEMM output is already
-the next layer's NHWC input, and every strided copy moves runs of C contiguous values.
-The NCHW view costs nothing and behaves like any array (``reshape`` copies it into NCHW
-order when a Flatten needs that).
+Every function takes Tensors (arrays and numbers are accepted too) and returns a Tensor;
+each is ``Function.apply`` of an op in ``cnnkit.ops``, where its forward and backward are
+written out. Arguments and defaults are PyTorch's (``dim=``, ``reduction=``, ``training=``).
 
-Where the work is done (each file says why it is done that way):
+Example::
 
-- ``_im2col.py``: sizes, padding, im2col (one ``as_strided`` copy) and col2im (one
-  strided add per kernel tap, never per pixel, never ``np.add.at``);
-- ``_conv_kernels.py``: convolution as im2col + GEMM in batch chunks, the input gradient
-  as a transposed convolution, depthwise convolution as a tap loop;
-- ``_winograd.py``: Winograd F(2x2, 3x3) for 3x3 stride-1 layers with many channels;
-- ``_pool_kernels.py``: max / average / adaptive pooling as tap loops over strided views;
-- ``_parallel.py``: the batch split over threads (``set_num_threads``);
-- ``_buffers.py``: scratch memory reused across calls.
-
-The ``*_forward`` functions return ``(out, cache)``; the matching ``*_backward``
-functions take the upstream gradient and that cache.
+    import cnnkit.nn.functional as F
+    x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+    loss = F.nll_loss(F.log_softmax(out, dim=1), target)
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = [
-    "pair", "conv_output_size", "same_padding", "resolve_conv_padding", "pool_output_size",
-    "im2col", "col2im",
-    "conv2d", "conv2d_forward", "conv2d_backward",
-    "pad2d", "pad2d_backward",
-    "max_pool2d", "max_pool2d_forward", "max_pool2d_backward",
-    "avg_pool2d", "avg_pool2d_forward", "avg_pool2d_backward",
-    "adaptive_avg_pool2d", "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
-    "adaptive_windows",
-    "logsumexp", "softmax", "log_softmax",
-    "get_num_threads", "set_num_threads", "parallel_matmul",
-]
+from ..autograd import grad_mode
+from ..ops import activation as _act
+from ..ops import conv as _conv
+from ..ops import dropout as _drop
+from ..ops import linear as _lin
+from ..ops import normalization as _norm
+from ..ops import pool as _pool
+from ..ops import shape as _shape
+from ..random import get_generator
+from .._tensor import Tensor
+from . import _kernels as K
 
-from . import _recycle
-from ._conv_kernels import (column_sums, conv_forward_kernel, depthwise_backward, gemm_conv_input_grad,
-                            gemm_conv_param_grads)
-from ._conv_pool import conv_relu_max_pool
-from ._epilogue import mask_by_positive
-from ._parallel import get_num_threads, parallel_for, parallel_matmul, set_num_threads
-from ._im2col import (col2im, conv_output_size, im2col, nchw as _nchw, nhwc as _nhwc, pair,
-                      pool_output_size, resolve_conv_padding, same_padding)
-from ._pool_kernels import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward,
-                            adaptive_windows, avg_pool2d, avg_pool2d_backward, avg_pool2d_forward,
-                            max_pool2d, max_pool2d_backward, max_pool2d_forward, pool_geometry)
+__all__ = ["conv2d", "linear", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "relu", "relu6",
+           "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax", "dropout", "batch_norm", "pad",
+           "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "binary_cross_entropy_with_logits",
+           "flatten", "one_hot", "conv_padding", "dropout_mask"]
 
 
-# ---------------------------------------------------------------------------------- conv
-def _check_conv_args(x: np.ndarray, weight: np.ndarray, groups: int) -> None:
+def _tensor(x, name: str, fn: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
+        return Tensor(x)
+    raise TypeError(f"{fn}: {name} must be a Tensor or an array, got {type(x).__name__}")
+
+
+def _floating(x: Tensor, fn: str) -> Tensor:
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{fn}: expected a floating-point input, got dtype {x.dtype} (convert with .float())")
+    return x
+
+
+def _four_d(x: Tensor, fn: str) -> Tensor:
     if x.ndim != 4:
-        raise ValueError(f"conv2d: expected a 4-D input (N, C, H, W), got shape {x.shape}")
-    if weight.ndim != 4:
-        raise ValueError(f"conv2d: expected a 4-D weight (O, C/groups, kh, kw), got shape {weight.shape}")
-    if x.shape[1] != weight.shape[1] * groups:
-        raise ValueError(
-            f"conv2d: expected input of shape (N, {weight.shape[1] * groups}, H, W), got {x.shape}"
-        )
-    if weight.shape[0] % groups:
-        raise ValueError(f"conv2d: out channels {weight.shape[0]} not divisible by groups={groups}")
+        raise ValueError(f"{fn}: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+    return _floating(x, fn)
 
 
-def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
-                   stride=1, padding=0, dilation=1, groups: int = 1,
-                   keep_cache: bool = True, relu: bool | float = False, relu_input: bool = False):
-    """2-D convolution (cross-correlation, as PyTorch): im2col + one (batched) GEMM.
-
-    Args:
-        x: (N, C, H, W). weight: (O, C // groups, kh, kw). bias: (O,) or None.
-        stride, dilation: int or pair. padding: int, pair, 'valid', 'same' (TensorFlow
-            semantics for any stride) or an explicit (top, bottom, left, right) 4-tuple.
-        groups: channel groups (groups == C is depthwise).
-        keep_cache: when False nothing is kept for backward (inference).
-        relu: return ``max(conv, 0)``, the ReLU fused into the kernels' output pass (the
-            backward is still the convolution's alone: the ReLU's gradient is its own); a
-            number caps the output too: 6.0 gives ``min(max(conv, 0), 6)``, a ReLU6.
-        relu_input: x is the output of a ReLU whose backward is folded into this layer's:
-            ``conv2d_backward``'s input gradient is then multiplied by ``x > 0``, i.e. it is
-            the gradient with respect to that ReLU's input (see ``Sequential``).
-
-    Returns:
-        ``(out, cache)``: out (N, O, Ho, Wo) in NHWC memory; cache for ``conv2d_backward``
-        (None when ``keep_cache`` is False).
-    """
-    x, xt, geometry, bias = _conv_setup(x, weight, bias, stride, padding, dilation, groups, relu_input)
-    out = conv_forward_kernel(xt.shape[3], weight, groups, geometry, bias, relu)(xt)
-    cache = (xt, groups, geometry) if keep_cache else None
-    return _nchw(out), cache
-
-
-def conv2d_relu_max_pool2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride, padding,
-                           dilation, groups: int, pool_kernel, pool_stride=None, pool_padding=0,
-                           ceil_mode: bool = False, keep_cache: bool = True, relu_input: bool = False):
-    """``max_pool2d(relu(conv2d(x)))`` in one pass over the batch (``_conv_pool``): the
-    full-size convolution output is never kept.
-
-    Args:
-        x, weight, bias, stride, padding, dilation, groups, relu_input: as ``conv2d_forward``.
-        pool_kernel, pool_stride, pool_padding, ceil_mode: as ``max_pool2d_forward``.
-        keep_cache: keep what backward needs (the convolution's cache and the pool's
-            winning taps); the pool's index marks windows without a positive maximum as
-            dead, so ``max_pool2d_backward`` returns the gradient with respect to the ReLU's
-            input: the ReLU's backward is folded into the pool's.
-
-    Returns:
-        ``(out, conv_cache, pool_cache)``: out (N, O, Hp, Wp) in NHWC memory; the caches for
-        ``conv2d_backward`` and ``max_pool2d_backward`` (None when ``keep_cache`` is False).
-    """
-    x, xt, geometry, bias = _conv_setup(x, weight, bias, stride, padding, dilation, groups, relu_input)
-    n, o = x.shape[0], weight.shape[0]
-    conv_shape = (n, o) + geometry["out_hw"]
-    pool_geo = pool_geometry(conv_shape, pool_kernel, pool_stride, pool_padding, ceil_mode, "max_pool2d")
-    # The ReLU, and without an index the bias too, go after the pool (a quarter of the
-    # values for 2x2): max and ReLU commute, and so do max and adding a per-channel constant
-    # (rounded addition is monotonic). With an index the bias stays before the max, so that
-    # ties made by rounding pick the same winning tap as the layers run one by one.
-    kernel = conv_forward_kernel(xt.shape[3], weight, groups, geometry, bias if keep_cache else None)
-    out, idx = conv_relu_max_pool(xt, kernel, conv_shape, pool_geo, keep_cache, weight.dtype,
-                                  None if keep_cache else bias)
-    if not keep_cache:
-        return _nchw(out), None, None
-    return _nchw(out), (xt, groups, geometry), (idx, pool_geo, conv_shape)
-
-
-def _conv_setup(x, weight, bias, stride, padding, dilation, groups, relu_input):
-    """Checked arguments of a convolution: (x in the weight's dtype, its NHWC view, the
-    geometry dict the kernels and the cache use, bias in the weight's dtype)."""
-    _check_conv_args(x, weight, groups)
-    if x.dtype != weight.dtype:
-        x = x.astype(weight.dtype)
-    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
-    n, c, h, w = x.shape
-    o, cg, kh, kw = weight.shape
+# ---------------------------------------------------------------------------------- convolution
+def conv_padding(padding, in_hw, kernel, stride, dilation) -> tuple[int, int, int, int]:
+    """``padding`` (int, pair, 'same', 'valid' or a 4-tuple) as (top, bottom, left, right)."""
     if isinstance(padding, tuple) and len(padding) == 4:
-        pads = tuple(int(p) for p in padding)
-    else:
-        pads = resolve_conv_padding(padding, (h, w), (kh, kw), stride, dilation)
-    ho = conv_output_size(h, kh, stride[0], pads[0] + pads[1], dilation[0])
-    wo = conv_output_size(w, kw, stride[1], pads[2] + pads[3], dilation[1])
-    if ho < 1 or wo < 1:
-        raise ValueError(
-            f"conv2d: input of spatial size ({h}, {w}) with padding {pads} is too small for "
-            f"kernel_size ({kh}, {kw}) with dilation {dilation}"
-        )
-    geometry = dict(kernel=(kh, kw), stride=stride, dilation=dilation, pads=pads, out_hw=(ho, wo),
-                    relu_input=bool(relu_input))
-    if bias is not None:
-        bias = bias.astype(weight.dtype, copy=False)
-    return x, _nhwc(x), geometry, bias
+        return tuple(int(p) for p in padding)
+    return K.resolve_conv_padding(padding, in_hw, kernel, stride, dilation)
 
 
-def conv2d_backward(grad_out: np.ndarray, cache, weight: np.ndarray, need_input_grad: bool = True,
-                    need_weight_grad: bool = True, need_bias_grad: bool = True):
-    """Gradients of ``conv2d_forward``.
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
+    """2-D convolution (cross-correlation) of an NCHW batch with OIHW weights.
 
     Args:
-        grad_out: (N, O, Ho, Wo), any layout; never written to.
-        cache: from ``conv2d_forward``.
-        weight: the weight used in the forward pass.
-        need_*: skip the work of gradients nobody needs (first layer, frozen parameters).
+        input: (N, C, H, W). weight: (O, C // groups, kh, kw). bias: (O,) or None.
+        stride, dilation: int or pair. padding: int, pair, ``'valid'`` or ``'same'``.
+        groups: channel groups (``groups == C`` is depthwise).
 
     Returns:
-        ``(grad_x, grad_weight, grad_bias)``; each None when not needed. grad_x is
-        (N, C, H, W) in NHWC memory; when the forward had ``relu_input``, it is multiplied by
-        ``x > 0`` (the folded ReLU backward).
+        (N, O, Ho, Wo), an NCHW view of channels-last memory.
     """
-    xt, groups, geo = cache
-    n, h, w, c = xt.shape
-    o, cg, kh, kw = weight.shape
-    ho, wo = geo["out_hw"]
-    if grad_out.shape != (n, o, ho, wo):
-        raise ValueError(f"conv2d backward: expected grad_out of shape {(n, o, ho, wo)}, got {grad_out.shape}")
-    if grad_out.dtype != xt.dtype:
-        grad_out = grad_out.astype(xt.dtype)
-    g = np.ascontiguousarray(_nhwc(grad_out))  # (N, Ho, Wo, O)
-    relu_mask = xt if geo.get("relu_input") else None
-    if groups > 1 and cg == 1:
-        gb = column_sums(g.reshape(-1, o)) if need_bias_grad else None
-        gx, gw = depthwise_backward(g, xt, weight, geo, need_input_grad, need_weight_grad)
-        if gx is not None and relu_mask is not None:  # its taps add into gx: mask once at the end
-            parallel_for(n, lambda a, b: mask_by_positive(gx[a:b], relu_mask[a:b]), gx.nbytes)
-    else:
-        gw = gb = None
-        if need_weight_grad or need_bias_grad:
-            gw, gb = gemm_conv_param_grads(g, xt, weight.shape, groups, geo, need_weight_grad, need_bias_grad)
-        gx = gemm_conv_input_grad(g, weight, groups, geo, xt.shape, relu_mask) if need_input_grad else None
-    return (None if gx is None else _nchw(gx)), gw, gb
+    x = _four_d(_tensor(input, "input", "conv2d"), "conv2d")
+    weight = _tensor(weight, "weight", "conv2d")
+    stride, dilation = K.pair(stride, "stride"), K.pair(dilation, "dilation")
+    pads = conv_padding(padding, x.shape[2:], weight.shape[2:], stride, dilation)
+    return _conv.Conv2d.apply(x, weight, bias, stride, pads, dilation, int(groups))
 
 
-def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride=1, padding=0,
-           dilation=1, groups: int = 1) -> np.ndarray:
-    """Convolution forward only (like ``torch.nn.functional.conv2d``)."""
-    return conv2d_forward(x, weight, bias, stride, padding, dilation, groups, keep_cache=False)[0]
+def linear(input, weight, bias=None) -> Tensor:
+    """``input @ weight.T + bias``; input (*, in_features), weight (out_features, in_features)."""
+    x = _floating(_tensor(input, "input", "linear"), "linear")
+    weight = _tensor(weight, "weight", "linear")
+    if x.ndim == 0 or x.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"linear: expected input with last dimension {weight.shape[-1]}, got shape {tuple(x.shape)}")
+    return _lin.Linear.apply(x, weight, bias)
 
 
-# ---------------------------------------------------------------------------------- padding
-def pad2d(x: np.ndarray, padding: tuple[int, int, int, int], value: float = 0.0) -> np.ndarray:
-    """Constant padding of the last two axes; ``padding`` is (left, right, top, bottom) as
-    in PyTorch. Negative amounts crop. Returns (N, C, H', W') in NHWC memory."""
-    left, right, top, bottom = (int(p) for p in padding)
-    n, c, h, w = x.shape
-    ho, wo = h + top + bottom, w + left + right
+def pad(input, pad, mode: str = "constant", value: float = 0.0) -> Tensor:
+    """Pad the last dimensions: ``pad = (left, right, top, bottom, ...)`` from the last one
+    backwards (negative amounts crop). Only ``mode='constant'``."""
+    if mode != "constant":
+        raise NotImplementedError(f"pad: mode {mode!r} is not supported (only 'constant')")
+    x = _tensor(input, "input", "pad")
+    pad = tuple(int(p) for p in pad)
+    if x.ndim == 4 and len(pad) == 4:
+        return _conv.ZeroPad2d.apply(x, pad, value)
+    return _shape.Pad.apply(x, pad, value)
+
+
+# ---------------------------------------------------------------------------------- pooling
+def _pool_check(x, kernel, stride, padding, ceil_mode, fn):
+    h, w = x.shape[2], x.shape[3]
+    for p, k in zip(padding, kernel):
+        if p > k // 2:
+            raise ValueError(f"{fn}: padding should be at most half of kernel_size, got padding={padding} "
+                             f"for kernel_size={kernel}")
+    ho = K.pool_output_size(h, kernel[0], stride[0], padding[0], ceil_mode)
+    wo = K.pool_output_size(w, kernel[1], stride[1], padding[1], ceil_mode)
     if ho < 1 or wo < 1:
-        raise ValueError(f"pad2d: padding {padding} leaves an empty output for input {x.shape}")
-    out = _recycle.empty((n, ho, wo, c), x.dtype)
-    out.fill(value)
-    src, dst = _pad_slices(h, w, left, right, top, bottom)
-    out[:, dst[0], dst[1]] = _nhwc(x)[:, src[0], src[1]]
-    return _nchw(out)
+        raise ValueError(f"{fn}: input spatial size ({h}, {w}) is too small for kernel_size {kernel} "
+                         f"with padding {padding}")
 
 
-def _pad_slices(h, w, left, right, top, bottom):
-    src = (slice(max(-top, 0), h - max(-bottom, 0)), slice(max(-left, 0), w - max(-right, 0)))
-    dst = (slice(max(top, 0), max(top, 0) + src[0].stop - src[0].start),
-           slice(max(left, 0), max(left, 0) + src[1].stop - src[1].start))
-    return src, dst
+def _pool_args(kernel_size, stride, padding, fn):
+    kernel = K.pair(kernel_size, f"{fn} kernel_size")
+    stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and not stride) else K.pair(stride, f"{fn} stride")
+    return kernel, stride, K.pair(padding, f"{fn} padding", minimum=0)
 
 
-def pad2d_backward(grad_out: np.ndarray, in_shape: tuple[int, ...],
-                   padding: tuple[int, int, int, int]) -> np.ndarray:
-    """Gradient of ``pad2d`` with respect to its input (N, C, H, W)."""
-    left, right, top, bottom = (int(p) for p in padding)
-    n, c, h, w = in_shape
-    src, dst = _pad_slices(h, w, left, right, top, bottom)
-    gx = _recycle.zeros((n, h, w, c), dtype=grad_out.dtype)
-    gx[:, src[0], src[1]] = _nhwc(grad_out)[:, dst[0], dst[1]]
-    return _nchw(gx)
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+               return_indices: bool = False) -> Tensor:
+    """Maximum over sliding windows of an NCHW batch (``stride`` defaults to ``kernel_size``)."""
+    if K.pair(dilation, "max_pool2d dilation") != (1, 1):
+        raise NotImplementedError("max_pool2d: dilation other than 1 is not supported")
+    if return_indices:
+        raise NotImplementedError("max_pool2d: return_indices is not supported")
+    x = _four_d(_tensor(input, "input", "max_pool2d"), "max_pool2d")
+    kernel, stride, padding = _pool_args(kernel_size, stride, padding, "max_pool2d")
+    _pool_check(x, kernel, stride, padding, ceil_mode, "max_pool2d")
+    return _pool.MaxPool2d.apply(x, kernel, stride, padding, bool(ceil_mode))
 
 
-# ---------------------------------------------------------------------------------- softmax
-def logsumexp(x: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
-    """log(sum(exp(x))) along ``axis``, stable for large values; keeps x's dtype."""
-    m = np.max(x, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0).astype(x.dtype, copy=False)
-    out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
-    return out if keepdims else np.squeeze(out, axis=axis)
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override=None) -> Tensor:
+    """Mean over sliding windows of an NCHW batch."""
+    if divisor_override is not None:
+        raise NotImplementedError("avg_pool2d: divisor_override is not supported")
+    x = _four_d(_tensor(input, "input", "avg_pool2d"), "avg_pool2d")
+    kernel, stride, padding = _pool_args(kernel_size, stride, padding, "avg_pool2d")
+    _pool_check(x, kernel, stride, padding, ceil_mode, "avg_pool2d")
+    return _pool.AvgPool2d.apply(x, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad))
 
 
-def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """x - logsumexp(x) along ``axis``: x - max - log(sum(exp(x - max))), one exp pass."""
-    shifted = x - x.max(axis=axis, keepdims=True)
-    # exp of the shifted values is <= 1, so the sum cannot overflow.
-    shifted -= np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
-    return shifted
+def adaptive_avg_pool2d(input, output_size) -> Tensor:
+    """Average pooling to a fixed ``output_size`` (int or pair; None keeps that size)."""
+    x = _four_d(_tensor(input, "input", "adaptive_avg_pool2d"), "adaptive_avg_pool2d")
+    return _pool.AdaptiveAvgPool2d.apply(x, output_size)
 
 
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """exp(x) / sum(exp(x)) along ``axis``, computed stably."""
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    e /= np.sum(e, axis=axis, keepdims=True)
-    return e
+# ---------------------------------------------------------------------------------- activations
+def relu(input, inplace: bool = False) -> Tensor:
+    """max(x, 0). ``inplace`` is accepted and ignored: a new tensor is returned."""
+    return _act.ReLU.apply(_floating(_tensor(input, "input", "relu"), "relu"))
+
+
+def relu6(input, inplace: bool = False) -> Tensor:
+    """min(max(x, 0), 6)."""
+    return _act.ReLU6.apply(_floating(_tensor(input, "input", "relu6"), "relu6"))
+
+
+def leaky_relu(input, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    """x for x > 0, else negative_slope * x."""
+    return _act.LeakyReLU.apply(_floating(_tensor(input, "input", "leaky_relu"), "leaky_relu"), float(negative_slope))
+
+
+def sigmoid(input) -> Tensor:
+    """1 / (1 + exp(-x)), without overflow."""
+    return _act.Sigmoid.apply(_floating(_tensor(input, "input", "sigmoid"), "sigmoid"))
+
+
+def tanh(input) -> Tensor:
+    return _act.Tanh.apply(_floating(_tensor(input, "input", "tanh"), "tanh"))
+
+
+def _dim(x: Tensor, dim, fn: str) -> int:
+    if dim is None:
+        # PyTorch's legacy rule for an implicit dim: 0 for 0-, 1- and 3-D inputs, else 1.
+        dim = 0 if x.ndim in (0, 1, 3) else 1
+    if not -max(x.ndim, 1) <= dim < max(x.ndim, 1):
+        raise IndexError(f"{fn}: dim {dim} is out of range for an input of shape {tuple(x.shape)}")
+    return dim % max(x.ndim, 1)
+
+
+def softmax(input, dim=None, dtype=None) -> Tensor:
+    """exp(x) / sum(exp(x)) along ``dim``."""
+    x = _floating(_tensor(input, "input", "softmax"), "softmax")
+    if dtype is not None:
+        x = x.type(dtype)
+    return _act.Softmax.apply(x, _dim(x, dim, "softmax"))
+
+
+def log_softmax(input, dim=None, dtype=None) -> Tensor:
+    """x - logsumexp(x) along ``dim``."""
+    x = _floating(_tensor(input, "input", "log_softmax"), "log_softmax")
+    if dtype is not None:
+        x = x.type(dtype)
+    return _act.LogSoftmax.apply(x, _dim(x, dim, "log_softmax"))
+
+
+# ---------------------------------------------------------------------------------- dropout / normalisation
+def dropout_mask(shape, p: float, dtype, generator=None) -> np.ndarray:
+    """The scaled keep mask of inverted dropout: 0 or 1 / (1 - p) in ``dtype``.
+
+    Why raw bits: the generator's 64-bit outputs, seen as two uint32 each, compared with
+    p * 2**32, cost ~60% of ``rng.random(dtype=float32) >= p`` (64 x 256: 15 us against
+    25 us) and resolve p to 2**-32, finer than float32's 2**-24."""
+    if p >= 1.0:
+        return np.zeros(shape, dtype)
+    n = math.prod(shape)
+    rng = get_generator(generator)
+    bits = rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n].reshape(shape)
+    threshold = np.uint32(min(round(p * 2.0 ** 32), 2 ** 32 - 1))
+    return (bits >= threshold) * np.dtype(dtype).type(1.0 / (1.0 - p))
+
+
+def dropout(input, p: float = 0.5, training: bool = True, inplace: bool = False, generator=None) -> Tensor:
+    """Zero each element with probability ``p`` and scale the rest by 1 / (1 - p) when
+    ``training`` (note PyTorch's default: ``training=True`` in the functional form)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be a probability in [0, 1], got {p}")
+    x = _floating(_tensor(input, "input", "dropout"), "dropout")
+    if not training or p == 0.0:
+        return x
+    return _drop.Dropout.apply(x, dropout_mask(x.shape, float(p), x.dtype, generator))
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Batch normalisation over every dimension but dim 1 (PyTorch's argument order).
+    ``running_mean`` / ``running_var`` (arrays or Tensors, or None) are updated in place
+    when ``training``."""
+    x = _floating(_tensor(input, "input", "batch_norm"), "batch_norm")
+    rm = running_mean.data if isinstance(running_mean, Tensor) else running_mean
+    rv = running_var.data if isinstance(running_var, Tensor) else running_var
+    return _norm.BatchNorm.apply(x, weight, bias, rm, rv, bool(training), momentum, eps)
+
+
+# ---------------------------------------------------------------------------------- shape
+def flatten(input, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    """Flatten dimensions ``start_dim`` .. ``end_dim`` into one (``torch.flatten``)."""
+    x = _tensor(input, "input", "flatten")
+    nd = x.ndim
+    s = start_dim + nd if start_dim < 0 else start_dim
+    e = end_dim + nd if end_dim < 0 else end_dim
+    if nd == 0:
+        return x.reshape(1)
+    if not (0 <= s < nd and 0 <= e < nd) or s > e:
+        raise IndexError(f"flatten: cannot flatten dims {start_dim}..{end_dim} of a tensor of shape {tuple(x.shape)}")
+    shape = tuple(x.shape)
+    new = shape[:s] + (math.prod(shape[s:e + 1]),) + shape[e + 1:]
+    return _shape.Flatten.apply(x, new) if (x.requires_grad and grad_mode._enabled) else Tensor._wrap(
+        _shape.flatten_array(x.data, new))
+
+
+def one_hot(tensor, num_classes: int = -1) -> Tensor:
+    """(..., num_classes) int64 one-hot encoding of integer class indices."""
+    t = np.asarray(tensor.data if isinstance(tensor, Tensor) else tensor)
+    n = int(t.max()) + 1 if num_classes < 0 else int(num_classes)
+    return Tensor._wrap((t[..., None] == np.arange(n)).astype(np.int64))
+
+
+# ---------------------------------------------------------------------------------- losses
+def _loss(cls, input, target, **kwargs) -> Tensor:
+    from . import losses
+
+    return getattr(losses, cls)(**kwargs)(input, target)
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
+                  reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy on logits (log_softmax + nll_loss in one stable step)."""
+    return _loss("CrossEntropyLoss", input, target, weight=_array(weight), ignore_index=ignore_index,
+                 reduction=_legacy_reduction(size_average, reduce, reduction), label_smoothing=label_smoothing)
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
+             reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of log-probabilities: -input[n, target[n]] (weighted, reduced)."""
+    return _loss("NLLLoss", input, target, weight=_array(weight), ignore_index=ignore_index,
+                 reduction=_legacy_reduction(size_average, reduce, reduction))
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
+    return _loss("MSELoss", input, target, reduction=_legacy_reduction(size_average, reduce, reduction))
+
+
+def l1_loss(input, target, size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
+    return _loss("L1Loss", input, target, reduction=_legacy_reduction(size_average, reduce, reduction))
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
+                                     reduction: str = "mean", pos_weight=None) -> Tensor:
+    return _loss("BCEWithLogitsLoss", input, target, weight=_array(weight), pos_weight=_array(pos_weight),
+                 reduction=_legacy_reduction(size_average, reduce, reduction))
+
+
+def _array(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _legacy_reduction(size_average, reduce, reduction: str) -> str:
+    """PyTorch's deprecated ``size_average`` / ``reduce`` pair, as it maps them."""
+    if size_average is None and reduce is None:
+        return reduction
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    return "none" if not reduce else ("mean" if size_average else "sum")

@@ -3,22 +3,27 @@
 Usage::
 
     loss_fn = CrossEntropyLoss()
-    value = loss_fn(logits, labels)   # a Python float ('mean' / 'sum') or an array ('none')
-    grad = loss_fn.backward()         # d value / d logits, same shape and dtype as logits
-    model.backward(grad)
+    loss = loss_fn(logits, labels)    # a 0-d Tensor ('mean' / 'sum') or a Tensor ('none')
+    loss.backward()
 
-For ``reduction='none'``, ``backward(grad)`` takes the upstream gradient of the per-element
-losses (default: ones). For 'mean' / 'sum' an optional scalar multiplier may be given.
+Each loss computes its value (``_value``) and its gradient with respect to the input
+(``_gradient``) on arrays; ``ops.loss.Loss`` records the pair in the graph.
+
+On NumPy arrays the value is a Python float (an array for 'none') and
+``loss_fn.backward(grad=None)`` returns d value / d input.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .activation import sigmoid
+from ..autograd import grad_mode
+from ..ops.activation import sigmoid
+from ..ops.loss import Loss as LossOp
+from .._tensor import Tensor
 from .module import Module
 
-__all__ = ["CrossEntropyLoss", "MSELoss", "L1Loss", "BCEWithLogitsLoss"]
+__all__ = ["CrossEntropyLoss", "NLLLoss", "MSELoss", "L1Loss", "BCEWithLogitsLoss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -43,8 +48,53 @@ class _Loss(Module):
         self.reduction = reduction
         self._cache = None
 
-    def __call__(self, pred: np.ndarray, target: np.ndarray):
+    def __call__(self, pred, target):
+        if isinstance(pred, np.ndarray):
+            return self._call_on_array(pred, target)
         return self.forward(pred, target)
+
+    def forward(self, pred: Tensor, target) -> Tensor:
+        """The loss as a Tensor (0-d for 'mean' / 'sum'); ``.backward()`` reaches ``pred``."""
+        if not isinstance(pred, Tensor):
+            raise TypeError(f"{type(self).__name__}: input must be a Tensor or an array, got {type(pred).__name__}")
+        return LossOp.apply(pred, target.data if isinstance(target, Tensor) else np.asarray(target), self)
+
+    def _call_on_array(self, pred: np.ndarray, target, *_):
+        """NumPy in: the value as a Python float ('mean' / 'sum') or an array ('none');
+        ``backward(grad=None)`` then returns d value / d pred."""
+        self._pred(pred)
+        pt = Tensor._wrap(pred)
+        pt.requires_grad = grad_mode.is_grad_enabled()
+        out = self.forward(pt, target)
+        self.__dict__["_array_io"] = (pt, out) if pt.requires_grad else None
+        return out.data if self.reduction == "none" else float(out.item())
+
+    def backward(self, grad=None) -> np.ndarray:
+        """d value / d pred for the last NumPy call; ``grad``: the upstream gradient (a
+        scalar multiplier for 'mean' / 'sum', an array of the loss's shape for 'none')."""
+        io = self.__dict__.get("_array_io")
+        if io is None:
+            raise RuntimeError(f"{self._short_name()}: backward() called before the loss was computed on arrays, "
+                               f"or twice after one call; with Tensors call loss.backward()")
+        self.__dict__["_array_io"] = None
+        pt, out = io
+        if self.reduction == "none":
+            up = np.ones(out.shape, out.dtype) if grad is None else np.asarray(grad, dtype=out.dtype)
+            if up.shape != tuple(out.shape):
+                raise ValueError(
+                    f"{type(self).__name__}(reduction='none').backward: grad must have the loss's shape "
+                    f"{tuple(out.shape)}, got {up.shape}"
+                )
+        else:
+            up = np.asarray(1.0 if grad is None else grad, dtype=out.dtype)
+            if up.size != 1:
+                raise ValueError(
+                    f"{type(self).__name__}(reduction={self.reduction!r}).backward: grad must be a scalar, "
+                    f"got shape {up.shape}"
+                )
+            up = up.reshape(())
+        out.backward(up)
+        return pt.grad.data
 
     def _pred(self, pred) -> np.ndarray:
         pred = np.asarray(pred)
@@ -129,7 +179,7 @@ class CrossEntropyLoss(_Loss):
             weight = weight.astype(np.float32 if weight.dtype != np.float64 else np.float64)
         self.register_buffer("weight", weight)
 
-    def forward(self, pred: np.ndarray, target: np.ndarray):
+    def _value(self, pred: np.ndarray, target: np.ndarray):
         pred = self._pred(pred)
         if pred.ndim == 1:  # one unbatched sample (C,)
             pred = pred[None]
@@ -242,7 +292,7 @@ class CrossEntropyLoss(_Loss):
         loss = -(logp * wt).sum(axis=-1)
         return loss, ("probs", probs, wt)
 
-    def backward(self, grad=None) -> np.ndarray:
+    def _gradient(self, grad=None) -> np.ndarray:
         cache, shape, denom, squeeze = self._need_cache(self._cache)
         p = cache[1]
         dtype = p.dtype
@@ -294,6 +344,86 @@ class CrossEntropyLoss(_Loss):
         return ", ".join(parts)
 
 
+class NLLLoss(_Loss):
+    """Negative log-likelihood of log-probabilities (use after ``LogSoftmax``), as PyTorch.
+
+    loss_n = -weight[t_n] * input[n, t_n];  d loss_n / d input[n, c] = -weight[t_n] if c == t_n, else 0.
+
+    Args:
+        weight: optional per-class weights, shape (C,); 'mean' divides by the sum of the
+            weights of the targets.
+        reduction: 'mean' (default), 'sum' or 'none'.
+        ignore_index: targets equal to this value contribute nothing.
+
+    Shape:
+        input (N, C) or (N, C, d1, ...) log-probabilities; target (N,) or (N, d1, ...) int64.
+    """
+
+    def __init__(self, weight=None, reduction: str = "mean", ignore_index: int = -100):
+        super().__init__(reduction)
+        self.ignore_index = int(ignore_index)
+        if weight is not None:
+            weight = np.asarray(weight)
+            if weight.ndim != 1:
+                raise ValueError(f"NLLLoss: weight must be a 1-D array of per-class weights, got shape {weight.shape}")
+            weight = weight.astype(np.float32 if weight.dtype != np.float64 else np.float64)
+        self.register_buffer("weight", weight)
+
+    def _value(self, pred: np.ndarray, target: np.ndarray):
+        pred = self._pred(pred)
+        target = np.asarray(target)
+        squeeze = pred.ndim == 1
+        if squeeze:
+            pred, target = pred[None], target.reshape(1, *target.shape)
+        expected = pred.shape[:1] + pred.shape[2:]
+        if not np.issubdtype(target.dtype, np.integer):
+            raise TypeError(f"NLLLoss: target must hold integer class indices (int64), got dtype {target.dtype}")
+        if target.shape != expected:
+            raise ValueError(f"NLLLoss: target shape {target.shape} does not match input shape {pred.shape}; "
+                             f"expected class indices of shape {expected}")
+        n_classes = pred.shape[1]
+        z = np.moveaxis(pred, 1, -1).reshape(-1, n_classes)
+        t = target.reshape(-1)
+        valid = t != self.ignore_index
+        bad = valid & ((t < 0) | (t >= n_classes))
+        if bad.any():
+            raise ValueError(f"NLLLoss: target labels must be in [0, {n_classes}) (or ignore_index "
+                             f"{self.ignore_index}); found {np.unique(t[bad])[:10].tolist()}")
+        t_safe = np.where(valid, t, 0)
+        w = None if self.weight is None else self.weight.astype(pred.dtype, copy=False)
+        wt = ((w[t_safe] if w is not None else np.ones(t.size, pred.dtype)) * valid).astype(pred.dtype, copy=False)
+        loss = (-z[np.arange(t.size), t_safe] * wt).reshape(expected)
+        denom = wt.sum()
+        self._cache = (t_safe, wt, pred.shape, denom, squeeze)
+        if self.reduction == "none":
+            return loss[0] if squeeze else loss
+        if self.reduction == "sum":
+            return float(loss.sum())
+        return float(loss.sum() / denom) if denom else float("nan")
+
+    def _gradient(self, grad=None) -> np.ndarray:
+        t_safe, wt, shape, denom, squeeze = self._need_cache(self._cache)
+        dtype = wt.dtype
+        loss_shape = shape[:1] + shape[2:]
+        if squeeze and self.reduction == "none":
+            loss_shape = loss_shape[1:]
+        up = self._upstream(grad, loss_shape, dtype)
+        if self.reduction == "none":
+            scale = np.asarray(up, dtype).reshape(-1)
+        elif self.reduction == "sum":
+            scale = dtype.type(up)
+        else:
+            scale = dtype.type(up / denom) if denom else dtype.type(np.nan)
+        g = np.zeros((t_safe.size, shape[1]), dtype)
+        g[np.arange(t_safe.size), t_safe] = -wt * scale
+        n = shape[0]
+        g = np.moveaxis(g.reshape((n, *shape[2:], shape[1])), -1, 1)
+        return g[0] if squeeze else g
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}"
+
+
 class MSELoss(_Loss):
     """Mean squared error: (input - target)**2, reduced by 'mean' (default), 'sum' or 'none'.
 
@@ -301,14 +431,14 @@ class MSELoss(_Loss):
         input and target of the same shape (no silent broadcasting).
     """
 
-    def forward(self, pred: np.ndarray, target: np.ndarray):
+    def _value(self, pred: np.ndarray, target: np.ndarray):
         pred = self._pred(pred)
         diff = pred - self._same_shape_target(pred, target)
         self._cache = diff
         value = self._reduce(diff * diff)
         return value
 
-    def backward(self, grad=None) -> np.ndarray:
+    def _gradient(self, grad=None) -> np.ndarray:
         diff = self._need_cache(self._cache)
         up = self._upstream(grad, diff.shape, diff.dtype)
         scale = up if self.reduction == "none" else diff.dtype.type(up / (diff.size if self.reduction == "mean" else 1))
@@ -322,14 +452,14 @@ class L1Loss(_Loss):
         input and target of the same shape.
     """
 
-    def forward(self, pred: np.ndarray, target: np.ndarray):
+    def _value(self, pred: np.ndarray, target: np.ndarray):
         pred = self._pred(pred)
         diff = pred - self._same_shape_target(pred, target)
         self._cache = diff
         value = self._reduce(np.abs(diff))
         return value
 
-    def backward(self, grad=None) -> np.ndarray:
+    def _gradient(self, grad=None) -> np.ndarray:
         diff = self._need_cache(self._cache)
         up = self._upstream(grad, diff.shape, diff.dtype)
         scale = up if self.reduction == "none" else diff.dtype.type(up / (diff.size if self.reduction == "mean" else 1))
@@ -369,7 +499,7 @@ class BCEWithLogitsLoss(_Loss):
             )
         return arr
 
-    def forward(self, pred: np.ndarray, target: np.ndarray):
+    def _value(self, pred: np.ndarray, target: np.ndarray):
         pred = self._pred(pred)
         y = self._same_shape_target(pred, target)
         dt = pred.dtype
@@ -387,7 +517,7 @@ class BCEWithLogitsLoss(_Loss):
         value = self._reduce(loss.astype(dt, copy=False))
         return value
 
-    def backward(self, grad=None) -> np.ndarray:
+    def _gradient(self, grad=None) -> np.ndarray:
         pred, y, w, pw = self._need_cache(self._cache)
         dt = pred.dtype
         s = sigmoid(pred)

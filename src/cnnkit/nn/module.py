@@ -1,10 +1,13 @@
 """Parameter and Module: the base of every layer, container and model.
 
-There is no autograd engine. Each module writes its own ``forward`` (which keeps in the
-module what ``backward`` will need) and ``backward`` (which takes the gradient of the loss
-with respect to the module's output and returns the gradient with respect to its input,
-adding parameter gradients into ``Parameter.grad`` on the way). Containers apply the chain
-rule over their children.
+A Module holds Parameters (Tensors that require a gradient), buffers and sub-modules,
+registered by assignment in insertion order, and computes in ``forward`` on Tensors. The
+autograd engine records each operation, so ``loss.backward()`` reaches every parameter;
+no module writes backward code (the math is in ``cnnkit.ops``).
+
+NumPy in, NumPy out: calling a module on an ndarray (not a Tensor) returns an ndarray, and
+``module.backward(grad_out)`` then returns the gradient with respect to that input (a thin
+call into the same graph, kept for array-level code and gradient checks).
 """
 
 from __future__ import annotations
@@ -14,106 +17,50 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ..autograd import grad_mode
+from ..autograd.grad_mode import is_grad_enabled, no_grad  # noqa: F401  (historic import place)
+from .._device import check_device, device as _device_type, parse_device
+from .._tensor import Tensor
+
 DEFAULT_DTYPE = np.float32
 
-# When False (inside ``no_grad()``), modules drop what forward kept for backward right after
-# each forward, so inference on big inputs holds one layer's activations at a time, not all.
-_grad_enabled = True
 
-
-class no_grad:
-    """Context manager (and decorator) for inference: no backward will follow, so each
-    module frees its forward cache as soon as its output is computed.
-
-    Example::
-
-        with cnnkit.no_grad():
-            logits = model(images)
-    """
-
-    def __enter__(self) -> "no_grad":
-        global _grad_enabled
-        self._previous = _grad_enabled
-        _grad_enabled = False
-        return self
-
-    def __exit__(self, *exc) -> None:
-        global _grad_enabled
-        _grad_enabled = self._previous
-
-    def __call__(self, fn: Callable) -> Callable:
-        import functools
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            with no_grad():
-                return fn(*args, **kwargs)
-
-        return wrapper
-
-
-def is_grad_enabled() -> bool:
-    """False inside ``no_grad()``."""
-    return _grad_enabled
-
-
-class Parameter:
-    """A trainable array.
+class Parameter(Tensor):
+    """A Tensor that a Module registers as trainable.
 
     Args:
         data: the initial value (copied to a C-contiguous array; float32 unless it is
             already a floating array of another precision, e.g. float64 for gradient checks).
-        requires_grad: when False the parameter is frozen: layers skip its gradient work and
-            optimizers skip it.
+        requires_grad: when False the parameter is frozen: no gradient is computed for it
+            and optimizers skip it.
 
     Attributes:
         data (np.ndarray): the value, updated in place by optimizers.
-        grad (np.ndarray | None): accumulated gradient, same shape and dtype as ``data``;
-            None until the first backward pass (or after ``zero_grad(set_to_none=True)``).
+        grad (Tensor | None): accumulated gradient, same shape and dtype as ``data``;
+            None until the first backward pass (or after ``zero_grad()``).
     """
 
-    __slots__ = ("data", "grad", "requires_grad")
+    __slots__ = ()
 
-    def __init__(self, data: Any, requires_grad: bool = True):
-        arr = np.asarray(data)
+    def __init__(self, data: Any = None, requires_grad: bool = True):
+        arr = np.asarray(data.data if isinstance(data, Tensor) else (np.empty(0) if data is None else data))
         if not np.issubdtype(arr.dtype, np.floating):
             arr = arr.astype(DEFAULT_DTYPE)
-        self.data: np.ndarray = np.ascontiguousarray(arr).copy()
-        self.grad: np.ndarray | None = None
+        super().__init__(np.ascontiguousarray(arr).copy())
         self.requires_grad = bool(requires_grad)
 
-    # Convenience mirrors of the array's attributes.
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.data.shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.data.dtype
-
-    @property
-    def size(self) -> int:
-        return self.data.size
-
     def accumulate_grad(self, g: np.ndarray, owned: bool = False) -> None:
-        """Add ``g`` into ``self.grad`` (allocating it on first use). Frozen: no-op.
-
-        ``owned``: ``g`` is a fresh array that nobody else holds (a layer's own result), so
-        when there is no gradient yet (every step after ``zero_grad()``) it becomes
-        ``self.grad`` itself instead of a copy (a 512x512x3x3 weight: ~1 ms saved)."""
+        """Add ``g`` into ``self.grad`` (allocating it on first use). Frozen: no-op."""
         if not self.requires_grad:
             return
+        g = np.asarray(g.data if isinstance(g, Tensor) else g)
         if g.shape != self.data.shape:
-            raise ValueError(
-                f"gradient shape {g.shape} does not match parameter shape {self.data.shape}"
-            )
+            raise ValueError(f"gradient shape {g.shape} does not match parameter shape {self.data.shape}")
         if self.grad is None:
-            if owned and g.dtype == self.data.dtype and g.flags.c_contiguous and g.flags.writeable:
-                self.grad = g
-            else:
-                self.grad = np.array(g, dtype=self.data.dtype, copy=True)
+            keep = owned and g.dtype == self.data.dtype and g.flags.c_contiguous and g.flags.writeable
+            self.grad = Tensor._wrap(g if keep else np.array(g, dtype=self.data.dtype, copy=True))
         else:
-            self.grad += g
+            self.grad.data += g
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}, requires_grad={self.requires_grad})"
@@ -134,30 +81,22 @@ class Module:
     and buffers (``register_buffer``) as attributes; they are kept in insertion order, so
     ``parameters()`` and ``state_dict()`` keys come out exactly as PyTorch would give them.
 
-    Subclasses implement ``forward(x)`` and ``backward(grad_out)``.
+    Subclasses implement ``forward(*tensors)``; the gradients come from the graph
+    (``loss.backward()``). A subclass may instead write ``forward(array)`` and
+    ``backward(grad_out)`` on NumPy arrays itself (keeping what backward needs in
+    ``self._cache``, adding parameter gradients with ``Parameter.accumulate_grad``): each
+    call is then one node of the graph (``ops.legacy``).
 
-    ``needs_input_grad`` (default True): when a container sets it False on a layer (the
-    first layer of a network needs no input gradient), a layer that supports it skips
-    computing ``grad_in`` and returns None from ``backward``; parameter gradients are
-    still computed.
+    ``needs_input_grad`` (default True): for NumPy input only, whether ``backward(grad_out)``
+    computes the gradient with respect to that input (the first layer of a network needs
+    none: ``fit`` sets it False).
     """
 
     needs_input_grad: bool = True
-    #: Scratch hand-over between the children of a ``Sequential`` (no copy, no new array):
-    #: ``returns_fresh_output`` / ``returns_fresh_input_grad``: forward's output / backward's
-    #: input gradient is a new array that the layer does not keep, so its consumer may
-    #: overwrite it. ``overwrites_scratch``: the layer (an activation) then works in place.
+    #: ``returns_fresh_output``: forward's output is a new array that the layer's graph
+    #: node does not keep, so ``nn.fusion`` may let the next layer (a ReLU) work in place
+    #: on it inside a ``Sequential``.
     returns_fresh_output: bool = False
-    returns_fresh_input_grad: bool = False
-    overwrites_scratch: bool = False
-    #: ``fuses_relu``: forward can apply a following ReLU in its own output pass
-    #: (``Sequential`` sets ``_fuse_relu`` for one call and tells the ReLU it is done).
-    fuses_relu: bool = False
-    #: ``absorbs_relu_grad``: when the input is a ReLU's output, backward can return the
-    #: gradient with respect to that ReLU's input (its mask applied in the layer's own pass):
-    #: ``Sequential`` sets ``_input_is_relu_output`` for one forward call, then skips that
-    #: ReLU's backward. A layer that declares it must honour the flag on every path.
-    absorbs_relu_grad: bool = False
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -217,20 +156,55 @@ class Module:
         self._modules[name] = module
 
     # ------------------------------------------------------------------ running
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = self.forward(x)
-        if not _grad_enabled and "_cache" in self.__dict__:
-            self.__dict__["_cache"] = None
+    def __call__(self, *args, **kwargs):
+        if args and isinstance(args[0], np.ndarray):
+            return self._call_on_array(*args, **kwargs)
+        if type(self).backward is not Module.backward and len(args) == 1 and isinstance(args[0], Tensor):
+            # A layer with a hand-written backward on arrays: one node of the graph.
+            from ..ops.legacy import ModuleWithBackward
+
+            params = [p for p in self._parameters.values() if p is not None]
+            out = ModuleWithBackward.apply(args[0], *params, module=self)
+        else:
+            out = self.forward(*args, **kwargs)
         if self._forward_hooks:
+            inp = args[0] if len(args) == 1 else args
             for hook in list(self._forward_hooks.values()):
-                hook(self, x, out)
+                result = hook(self, inp, out)
+                if result is not None:
+                    out = result
         return out
 
-    def forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+    def _call_on_array(self, x: np.ndarray, *args, **kwargs):
+        """NumPy in, NumPy out: run the Tensor forward on ``x`` and keep the graph's two ends
+        so that ``backward(grad_out)`` can return the gradient with respect to ``x``."""
+        xt = Tensor._wrap(x)
+        if grad_mode._enabled and self.needs_input_grad and np.issubdtype(x.dtype, np.floating):
+            xt.requires_grad = True
+        out = self(xt, *args, **kwargs)
+        self.__dict__["_array_io"] = (xt, out) if grad_mode._enabled else None
+        return out.data if isinstance(out, Tensor) else out
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
+    def backward(self, grad_out) -> np.ndarray | None:
+        """The gradient with respect to the array given to the last call, after adding every
+        parameter's gradient into ``.grad``: ``out.backward(grad_out)`` on that call's graph.
+        For Tensor code, call ``loss.backward()`` instead."""
+        io = self.__dict__.get("_array_io")
+        if io is None:
+            raise RuntimeError(
+                f"{self._short_name()}: backward() called before forward() (on a NumPy array, with "
+                f"gradients enabled), or twice after one forward; with Tensors call loss.backward()"
+            )
+        self.__dict__["_array_io"] = None
+        xt, out = io
+        if isinstance(out, Tensor) and out.requires_grad:
+            out.backward(grad_out.data if isinstance(grad_out, Tensor) else np.asarray(grad_out))
+        if xt.grad is None:
+            return None
+        return xt.grad.data
 
     def register_forward_hook(self, hook: Callable[["Module", Any, Any], None]) -> _HookHandle:
         """Call ``hook(module, input, output)`` after every forward; returns a handle with ``remove()``."""
@@ -306,7 +280,7 @@ class Module:
             yield b
 
     def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
@@ -410,7 +384,7 @@ class Module:
             if set_to_none:
                 p.grad = None
             elif p.grad is not None:
-                p.grad[...] = 0
+                p.grad.data[...] = 0
 
     def requires_grad_(self, requires_grad: bool = True) -> "Module":
         """Freeze (False) or unfreeze (True) every parameter; returns self."""
@@ -418,18 +392,47 @@ class Module:
             p.requires_grad = bool(requires_grad)
         return self
 
-    def to(self, dtype: Any) -> "Module":
-        """Cast every floating parameter and buffer to ``dtype`` (e.g. ``np.float64`` for
-        gradient checks); integer buffers such as ``num_batches_tracked`` keep their type."""
+    def to(self, *args, **kwargs) -> "Module":
+        """``to(device)``, ``to(dtype)`` or both, as PyTorch: a dtype casts every floating
+        parameter and buffer (e.g. ``np.float64`` / ``cnnkit.float64`` for gradient checks;
+        integer buffers such as ``num_batches_tracked`` keep their type); the only device is
+        the CPU. Returns self."""
+        dtype = kwargs.get("dtype")
+        for a in list(args) + [kwargs.get("device")]:
+            if a is None or isinstance(a, bool):
+                continue
+            if isinstance(a, (str, _device_type)):
+                check_device(parse_device(a))
+            elif isinstance(a, Tensor):
+                dtype = a.dtype
+            else:
+                dtype = a
+        if dtype is None:
+            return self
         dtype = np.dtype(dtype)
         for m in self.modules():
             for p in m._parameters.values():
                 if p is not None:
                     p.data = p.data.astype(dtype)
-                    p.grad = None if p.grad is None else p.grad.astype(dtype)
+                    p.grad = None if p.grad is None else p.grad.data.astype(dtype)
             for n, b in list(m._buffers.items()):
                 if b is not None and np.issubdtype(np.asarray(b).dtype, np.floating):
                     m._buffers[n] = np.asarray(b).astype(dtype)
+        return self
+
+    def cpu(self) -> "Module":
+        return self
+
+    def cuda(self, *args, **kwargs) -> "Module":
+        check_device(_device_type("cuda"))
+        return self
+
+    def apply(self, fn: Callable[["Module"], Any]) -> "Module":
+        """Call ``fn`` on every sub-module (children first) and on self, as PyTorch
+        (e.g. ``model.apply(init_weights)``); returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
         return self
 
     def double(self) -> "Module":
@@ -467,7 +470,7 @@ class Module:
         handles = []
         leaves = [(n, m) for n, m in self.named_modules() if not m._modules or n == "" and not m._modules]
         for name, mod in leaves:
-            own = sum(p.size for p in mod.parameters())
+            own = sum(p.numel() for p in mod.parameters())
 
             def hook(m, inp, out, name=name, own=own):
                 shape = out.shape if hasattr(out, "shape") else "?"

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import functional as F
+from . import _kernels as F
+from ..ops import pool as ops
+from .._tensor import Tensor
 from .module import Module
 
 
 def _check_input(layer: Module, x) -> None:
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{layer._short_name()}: expected a numpy array, got {type(x).__name__}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{layer._short_name()}: expected a Tensor or a numpy array, got {type(x).__name__}")
     if x.ndim != 4:
-        raise ValueError(f"{layer._short_name()}: expected a 4-D input (N, C, H, W), got shape {x.shape}")
+        raise ValueError(f"{layer._short_name()}: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{layer._short_name()}: expected a floating-point input, got dtype {x.dtype}")
 
 
 def _pool_args(name, kernel_size, stride, padding):
@@ -54,39 +58,21 @@ class MaxPool2d(Module):
         to the first maximal element of each window (as PyTorch).
     """
 
-    returns_fresh_output = True       # see Module: a ReLU after it may work in place
-    returns_fresh_input_grad = True
-    absorbs_relu_grad = True          # ... and the backward of a ReLU before it is folded in
+    returns_fresh_output = True       # see nn.fusion: a ReLU after it may work in place
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False):
         super().__init__()
         self.kernel_size, self.stride, self.padding = _pool_args("MaxPool2d", kernel_size, stride, padding)
         self.ceil_mode = bool(ceil_mode)
-        self._cache = None
 
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
                 f"ceil_mode={self.ceil_mode}")
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: Tensor) -> Tensor:
         _check_input(self, x)
         _check_size(self, x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
-        # A Sequential may fold the backward of the ReLU before this layer into ours (one call).
-        relu_input = self.__dict__.get("_input_is_relu_output", False)
-        # In eval mode the argmax indices are not computed; backward recomputes them from x.
-        out, cache = F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                                          keep_cache=self.training, relu_input=relu_input)
-        self._cache = cache if cache is not None else ("recompute", x, relu_input)
-        if relu_input:
-            self.__dict__["_relu_grad_folded"] = True  # Sequential skips that ReLU's backward
-        return out
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        cache = self._need_cache(self._cache)
-        if isinstance(cache[0], str):  # ("recompute", x, relu_input) from an eval-mode forward
-            _, cache = F.max_pool2d_forward(cache[1], self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                                            relu_input=cache[2])
-        return F.max_pool2d_backward(grad_out, cache)
+        return ops.MaxPool2d.apply(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
 
 
 class AvgPool2d(Module):
@@ -103,12 +89,9 @@ class AvgPool2d(Module):
     Shape:
         Input (N, C, H, W) -> output (N, C, Ho, Wo) (as MaxPool2d).
 
-    Returns:
-        ``forward(x)`` the pooled array; ``backward(grad_out)`` the gradient for x.
     """
 
-    returns_fresh_output = True       # see Module: a ReLU after it may work in place
-    returns_fresh_input_grad = True
+    returns_fresh_output = True       # see nn.fusion: a ReLU after it may work in place
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                  count_include_pad: bool = True):
@@ -116,21 +99,16 @@ class AvgPool2d(Module):
         self.kernel_size, self.stride, self.padding = _pool_args("AvgPool2d", kernel_size, stride, padding)
         self.ceil_mode = bool(ceil_mode)
         self.count_include_pad = bool(count_include_pad)
-        self._cache = None
 
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
                 f"ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}")
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: Tensor) -> Tensor:
         _check_input(self, x)
         _check_size(self, x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
-        out, self._cache = F.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding,
-                                                self.ceil_mode, self.count_include_pad)
-        return out
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return F.avg_pool2d_backward(grad_out, self._need_cache(self._cache))
+        return ops.AvgPool2d.apply(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                   self.count_include_pad)
 
 
 class AdaptiveAvgPool2d(Module):
@@ -143,8 +121,6 @@ class AdaptiveAvgPool2d(Module):
     Shape:
         Input (N, C, H, W) -> output (N, C, oh, ow).
 
-    Returns:
-        ``forward(x)`` the pooled array; ``backward(grad_out)`` the gradient for x.
     """
 
     def __init__(self, output_size):
@@ -160,15 +136,10 @@ class AdaptiveAvgPool2d(Module):
             raise ValueError(f"AdaptiveAvgPool2d: output_size must be a positive int or a pair of "
                              f"positive ints / None, got {output_size!r}")
         self.output_size = output_size
-        self._cache = None
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: Tensor) -> Tensor:
         _check_input(self, x)
-        out, self._cache = F.adaptive_avg_pool2d_forward(x, self.output_size)
-        return out
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return F.adaptive_avg_pool2d_backward(grad_out, self._need_cache(self._cache))
+        return ops.AdaptiveAvgPool2d.apply(x, self.output_size)

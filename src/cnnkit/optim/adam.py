@@ -85,7 +85,7 @@ class Adam(Optimizer):
             t = state["step"]
             m, v = state["exp_avg"], state["exp_avg_sq"]
 
-            g = p.grad
+            g = p.grad.data
             l2 = 0.0 if decoupled else wd
             if maximize or l2 != 0:
                 g = decayed_gradient(p.data, g, l2, maximize, out=self._temp(p, 0))

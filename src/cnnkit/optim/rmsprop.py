@@ -74,7 +74,7 @@ class RMSprop(Optimizer):
                 state["grad_avg"] = np.zeros_like(p.data)
             state["step"] += 1
 
-            g = p.grad
+            g = p.grad.data
             if maximize or wd != 0:
                 g = decayed_gradient(p.data, g, wd, maximize, out=self._temp(p, 0))
 

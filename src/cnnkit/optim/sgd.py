@@ -106,7 +106,7 @@ class SGD(Optimizer):
         bins = _even_pieces(params, get_num_threads())
         # Flattened once: for a non-C-contiguous gradient reshape copies, once per parameter
         # rather than once per range.
-        flat_grads = {p: p.grad.reshape(-1) for p in params}
+        flat_grads = {p: p.grad.data.reshape(-1) for p in params}
 
         def run(start, stop):
             for b in bins[start:stop]:

@@ -3,7 +3,7 @@
 One training step is exactly::
 
     model.train(); optimizer.zero_grad(); out = model(x); loss = loss_fn(out, y)
-    model.backward(loss_fn.backward()); optimizer.step(); [scheduler.step()  # per batch]
+    loss.backward(); optimizer.step(); [scheduler.step()  # per batch]
 
 Interrupting: the first Ctrl-C asks the loop to stop after the current batch; the loop then
 lets ``ModelCheckpoint`` callbacks save the exact state (mid-epoch included) and raises
@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ..autograd.grad_mode import no_grad
+from ..creation import as_tensor
 from ..random import get_rng_state, set_rng_state
 from . import resume as rs
 from .callbacks import Callback
@@ -221,15 +223,18 @@ class TrainingLoop:
         self._classification = partial.get("classification")
         return it
 
-    def _train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int | None]:
+    def _train_step(self, x, y) -> tuple[float, int | None]:
         model, optimizer = self.model, self.optimizer
+        x, y = as_tensor(x), as_tensor(y)
         optimizer.zero_grad()
         out = model(x)
-        loss = float(self.loss_fn(out, y))
-        model.backward(self.loss_fn.backward())
+        loss_t = self.loss_fn(out, y)
+        loss = float(loss_t.item())
+        loss_t.backward()
         optimizer.step()
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
+        out, y = out.data, y.data
         if self._classification is None:
             self._classification = _is_classification(out, y)
         correct = int(np.count_nonzero(out.argmax(axis=1) == y)) if self._classification else None
@@ -343,7 +348,7 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
 
     Args:
         model: a ``cnnkit.nn.Module`` producing logits (classification) or predictions.
-        loss_fn: a cnnkit loss (``value = loss_fn(out, y)``, ``grad = loss_fn.backward()``).
+        loss_fn: a loss module or function of Tensors (``loss = loss_fn(out, y)``, then ``loss.backward()``).
         optimizer: a ``cnnkit.optim`` optimizer over ``model.parameters()``.
         train_loader: iterable of ``(x, y)`` batches with ``len()`` (a ``cnnkit.data.DataLoader``).
         val_loader: optional; adds ``val_loss`` / ``val_accuracy`` after every epoch.
@@ -402,10 +407,13 @@ def evaluate(model, loader, loss_fn=None, num_classes: int | None = None, detail
     width = None
     try:
         for x, y in loader:
-            out = model(x)
-            n = len(x)
-            if loss_fn is not None:
-                loss_sum += float(loss_fn(out, y)) * n
+            x, y = as_tensor(x), as_tensor(y)
+            with no_grad():
+                out = model(x)
+                n = len(x)
+                if loss_fn is not None:
+                    loss_sum += float(loss_fn(out, y)) * n
+            out, y = out.data, y.data
             if classification is None:
                 classification = _is_classification(out, y)
                 width = out.shape[1] if out.ndim == 2 else None
