@@ -7,6 +7,8 @@ import pytest
 
 import cnnkit
 from cnnkit.gradient_check import gradcheck
+
+import graph_helpers
 from cnnkit.nn import (BatchNorm1d, Concat, Dropout, Identity, Linear, Module, ReLU, Residual, Sequential,
                        Sigmoid, Tanh)
 
@@ -158,22 +160,22 @@ def test_concat_and_residual_match_torch():
 
 
 # ---------------------------------------------------------------------- needs_input_grad
-def test_sequential_propagates_needs_input_grad_to_first_child():
+def test_an_input_without_gradient_gets_no_gradient_work():
+    """With ``needs_input_grad`` False the array's Tensor does not require a gradient, so
+    the first layer's node is asked for none (the graph's own rule: no flag to pass on)."""
     first, second = Linear(3, 3), Linear(3, 3)
     seq = Sequential(first, second)
     seq.needs_input_grad = False
-    assert first.needs_input_grad is False and second.needs_input_grad is True
     x = _x((2, 3)).astype(np.float32)
     seq(x)
+    first_node = graph_helpers.nodes(seq)[-1]
+    assert first_node.function.__name__ == "Linear" and first_node.ctx.needs_input_grad[0] is False
     assert seq.backward(np.ones((2, 3), np.float32)) is None
     assert first.weight.grad is not None and second.weight.grad is not None
     seq.needs_input_grad = True
-    assert first.needs_input_grad is True
-    appended = Sequential()
-    appended.needs_input_grad = False
-    layer = Linear(2, 2)
-    appended.append(layer)
-    assert layer.needs_input_grad is False
+    seq(x)
+    assert graph_helpers.nodes(seq)[-1].ctx.needs_input_grad[0] is True
+    assert seq.backward(np.ones((2, 3), np.float32)).shape == (2, 3)
 
 
 def test_needs_input_grad_false_gives_the_same_parameter_grads():
@@ -184,7 +186,7 @@ def test_needs_input_grad_false_gives_the_same_parameter_grads():
     g = _x((3, 7), 1).astype(np.float32)
     model(x)
     model.backward(g)
-    expected = {n: p.grad.copy() for n, p in model.named_parameters()}
+    expected = {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
     model.zero_grad()
     model.needs_input_grad = False
     model(x)
@@ -217,7 +219,6 @@ def test_trainable_layer_after_frozen_gets_flag_only_during_backward():
     lin = Linear(3, 3)
     model = Sequential(Sequential(spy, lin), Tanh())
     model.needs_input_grad = False
-    assert spy.needs_input_grad is False  # propagated through the nested Sequential
     model(_x((2, 3)).astype(np.float32))
     model.backward(np.ones((2, 3), np.float32))
     assert spy.backward_calls == 0 and lin.weight.grad is not None
@@ -227,12 +228,13 @@ def test_concat_and_residual_propagate_needs_input_grad():
     a, b = Linear(2, 2), Linear(2, 2)
     cat = Concat(a, b)
     cat.needs_input_grad = False
-    assert not a.needs_input_grad and not b.needs_input_grad
+    x = _x((3, 2)).astype(np.float32)
+    cat(x)
+    assert cat.backward(np.ones((3, 4), np.float32)) is None
+    assert a.weight.grad is not None and b.weight.grad is not None
     body, short = Linear(2, 2), Linear(2, 2)
     res = Residual(body, short)
     res.needs_input_grad = False
-    assert not body.needs_input_grad and not short.needs_input_grad
-    x = _x((3, 2)).astype(np.float32)
     res(x)
     assert res.backward(np.ones((3, 2), np.float32)) is None
     assert body.weight.grad is not None and short.weight.grad is not None
@@ -345,10 +347,10 @@ def test_relu_after_a_fresh_output_works_in_place_and_gradients_stay_exact():
     out = model(x)
     np.testing.assert_array_equal(x, x_copy)           # the caller's input is never touched
     # In place: each ReLU keeps its own output (float) as the mask, not a new bool array;
-    # the first one ran inside the Conv2d -> ReLU -> MaxPool2d pass and keeps nothing.
-    assert model[1]._cache is None
-    for i in (3, 5, 8):
-        assert model[i]._cache.dtype == np.float64
+    # the first one ran inside the Conv2d -> ReLU -> MaxPool2d pass (no node of its own).
+    relus = [n for n in graph_helpers.nodes(model) if n.function.__name__ == "ReLU"]
+    assert "Conv2dReluMaxPool" in graph_helpers.names(model)
+    assert len(relus) == 3 and all(n.ctx.mask.dtype == np.float64 for n in relus)
     assert out.shape == (3, 2)
 
 
@@ -359,14 +361,14 @@ def test_in_place_relu_matches_the_copying_relu():
     out = model(x)
     g = _x(out.shape, 1).astype(np.float32)
     gx = model.backward(g)
-    grads = [p.grad.copy() for p in model.parameters()]
+    grads = [p.grad.numpy().copy() for p in model.parameters()]
     # The same layers called one by one (no Sequential): every ReLU copies.
     model.zero_grad()
     y = x
     for m in model:
         y = m(y)
-    for m in model[1]._cache, model[3]._cache:
-        assert m.dtype == bool
+        if type(m) is ReLU:
+            assert graph_helpers.nodes(m)[0].ctx.mask.dtype == bool
     np.testing.assert_allclose(y, out, rtol=1e-6, atol=1e-6)
     h = g
     for m in reversed(list(model)):
@@ -384,7 +386,7 @@ def test_a_hooked_output_is_not_overwritten():
     out = model(_x((2, 1, 5, 5)).astype(np.float32))
     assert (seen[0] < 0).any()                         # the conv's output kept its negatives
     np.testing.assert_array_equal(out, np.maximum(seen[0], 0))
-    assert model[1]._cache.dtype == bool
+    assert graph_helpers.nodes(model)[0].ctx.mask.dtype == bool
 
 
 def test_caller_gradient_is_not_overwritten_by_an_in_place_relu():
@@ -405,7 +407,7 @@ def test_relu_after_conv_is_fused_unless_observed():
     expected = np.maximum(model[2](np.maximum(model[0](x), 0)), 0)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
     seen = []
-    model[1].register_forward_hook(lambda m, inp, o: seen.append(inp.copy()))
+    model[1].register_forward_hook(lambda m, inp, o: seen.append(inp.detach().numpy().copy()))
     np.testing.assert_allclose(model(x), expected, rtol=1e-6, atol=1e-6)
     assert (seen[0] < 0).any()          # the hooked ReLU saw the convolution's raw output
 
@@ -437,22 +439,6 @@ def _fold_cases():
 FOLD_CASES = _fold_cases()
 
 
-def _count_relu_backward(model):
-    """Wrap every ReLU's backward with a counter; returns the list of counts (one per ReLU)."""
-    counts = []
-    for m in model:
-        if type(m) is ReLU:
-            counts.append(0)
-            k = len(counts) - 1
-
-            def counted(g, _orig=m.backward, _k=k):
-                counts[_k] += 1
-                return _orig(g)
-
-            m.backward = counted
-    return counts
-
-
 def _one_by_one(model, x, g):
     """Output, input gradient and parameter gradients with the children called one at a
     time, outside any Sequential: nothing fused, nothing folded, every ReLU runs its own
@@ -464,7 +450,7 @@ def _one_by_one(model, x, g):
     h = g
     for m in reversed(list(model)):
         h = m.backward(h)
-    return y, h, [p.grad.copy() for p in model.parameters()]
+    return y, h, [p.grad.numpy().copy() for p in model.parameters()]
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
@@ -477,14 +463,13 @@ def test_folded_relu_backward_equals_the_relu_run_on_its_own(name, train):
     x = _x((3, 3, side, side)).astype(np.float32)
     out = model(x)
     g = _x(out.shape, 1).astype(np.float32)
-    counts = _count_relu_backward(model)
+    work = graph_helpers.relu_backward_work(model)
     gx = model.backward(g)
-    grads = [p.grad.copy() for p in model.parameters()]
-    # Every ReLU here is followed by a layer that folds its backward in: none ran its own.
-    assert counts and all(c == 0 for c in counts)
+    grads = [p.grad.numpy().copy() for p in model.parameters()]
+    # Every ReLU here is followed by a layer that folds its backward in: none masks itself.
+    assert not any(work)
     assert (model[1](model[0](x)) == 0).mean() > 0.3      # the masks really cut something
     ref_out, ref_gx, ref_grads = _one_by_one(model, x, g)
-    assert sum(counts) == len(counts)                        # ... which the reference did run
     np.testing.assert_array_equal(out, ref_out)
     np.testing.assert_array_equal(gx, ref_gx)
     for got, ref in zip(grads, ref_grads):
@@ -506,24 +491,21 @@ def test_folded_maxpool_windows_without_a_positive_value_get_no_gradient():
                                   [[[[1, 0, 0, 1], [0, 0, 0, 0]]]])
 
 
-def test_a_layer_that_ignores_the_fold_request_keeps_the_relu_backward():
+def test_a_hooked_consumer_does_not_fold_the_relu_backward():
     from cnnkit.nn import Conv2d
 
-    class IgnoresFold(Conv2d):
-        def forward(self, x):
-            self.__dict__["_input_is_relu_output"] = False     # as a subclass unaware of it
-            return super().forward(x)
-
     cnnkit.manual_seed(0)
-    model = Sequential(Conv2d(2, 4, 3, padding=1), ReLU(), IgnoresFold(4, 3, 3, padding=1))
+    model = Sequential(Conv2d(2, 4, 3, padding=1), ReLU(), Conv2d(4, 3, 3, padding=1))
+    model[2].register_forward_hook(lambda m, inp, out: None)
     x = _x((2, 2, 6, 6)).astype(np.float32)
     out = model(x)
     g = _x(out.shape, 1).astype(np.float32)
-    counts = _count_relu_backward(model)
+    # The first conv's fused ReLU keeps its own mask: its consumer is observed.
+    conv_nodes = [n for n in graph_helpers.nodes(model) if n.function.__name__ == "Conv2d"]
+    assert conv_nodes[-1].ctx.saved_tensors[1] is not None
     gx = model.backward(g)
-    assert counts == [1]
     _, ref_gx, _ = _one_by_one(model, x, g)
-    np.testing.assert_array_equal(gx, ref_gx)
+    np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-6)
 
 
 def test_a_hooked_relu_is_not_folded():
@@ -531,9 +513,8 @@ def test_a_hooked_relu_is_not_folded():
     model = Sequential(Conv2d(2, 4, 3, padding=1), ReLU(), Conv2d(4, 3, 3, padding=1))
     model[1].register_forward_hook(lambda m, inp, out: None)
     out = model(_x((2, 2, 6, 6)).astype(np.float32))
-    counts = _count_relu_backward(model)
+    assert graph_helpers.relu_backward_work(model) == [True]
     model.backward(np.ones_like(out))
-    assert counts == [1]
 
 
 def test_folded_chain_gradcheck_float64():
@@ -595,20 +576,18 @@ def test_conv_relu_maxpool_in_one_pass_equals_the_layers_one_by_one(name, chunk_
     relu, pool = (model[k] for k in POOL_ORDERS[order])
     c = model[0].in_channels
     x = _x((5, c, 9, 9)).astype(np.float32)
-    # Inference: one pass, nothing kept by the ReLU or the pool.
+    # Inference: one pass, no graph.
     with cnnkit.no_grad():
         model.eval()
         out_eval = model(x)
-    assert relu._cache is None and pool._cache is None
-    # Training: the pool keeps its winners (dead windows marked), the ReLU nothing.
+    # Training: one node that keeps the pool's winners (dead windows marked).
     model.train()
     out = model(x)
-    assert relu._cache is None and pool._cache is not None
+    assert graph_helpers.names(model) == ["Conv2dReluMaxPool"]
+    assert graph_helpers.nodes(model)[0].ctx.caches[1] is not None
     g = _x(out.shape, 1).astype(np.float32)
-    counts = _count_relu_backward(model)
     gx = model.backward(g)
-    assert counts == [0]
-    grads = [p.grad.copy() for p in model.parameters()]
+    grads = [p.grad.numpy().copy() for p in model.parameters()]
     ref_out, ref_gx, ref_grads = _one_by_one(model, x, g)
     assert (ref_out == 0).any()
     if chunk_bytes:
@@ -631,9 +610,10 @@ def test_conv_relu_maxpool_not_fused_when_observed_or_eval_with_gradients():
     cnnkit.manual_seed(0)
     model = Sequential(Conv2d(2, 4, 3, padding=1), ReLU(), MaxPool2d(2))
     x = _x((2, 2, 6, 6)).astype(np.float32)
-    model.eval()                       # eval with gradients (saliency): the pool recomputes
-    model(x)                           # its winners in backward from the full-size input
-    assert model[1]._cache is not None and model[2]._cache[0] == "recompute"
+    model.eval()                       # eval with gradients (saliency): the pool on its own
+    model(x)                           # (its winners need the full-size input), ReLU in the conv
+    assert graph_helpers.names(model) == ["MaxPool2d", "Conv2d"]
+    assert graph_helpers.nodes(model)[1].ctx.relu
     model.train()
     seen = []
     model[2].register_forward_hook(lambda m, inp, o: seen.append(inp))
@@ -654,14 +634,14 @@ def test_conv_maxpool_relu_not_fused_when_the_relu_is_observed_or_eval_with_grad
     model = Sequential(Conv2d(2, 4, 3, padding=1), MaxPool2d(2), ReLU())
     model[0].bias.data -= np.float32(0.3)
     x = _x((2, 2, 6, 6)).astype(np.float32)
-    model.eval()                       # eval with gradients: the pool keeps its full-size input
+    model.eval()                       # eval with gradients: the layers one by one
     model(x)
-    assert model[1]._cache[0] == "recompute" and model[2]._cache is not None
+    assert graph_helpers.names(model) == ["ReLU", "MaxPool2d", "Conv2d"]
     model.train()
     seen = []
     model[2].register_forward_hook(lambda m, inp, o: seen.append(inp))
     model(x)
-    assert model[1]._cache is not None and model[2]._cache is not None   # each ran on its own
+    assert graph_helpers.names(model) == ["ReLU", "MaxPool2d", "Conv2d"]   # each ran on its own
     assert len(seen) == 1 and (seen[0] < 0).any()      # the hook saw the pool's raw output
 
 
@@ -736,7 +716,6 @@ def test_eval_batch_norm_folded_into_conv_without_gradients(name, act, affine):
     with cnnkit.no_grad():
         out = model(x)
     assert bn_calls == []                              # the BatchNorm did not run: folded
-    assert all(m._cache is None for m in model)
     assert out.shape == y.shape and out.dtype == np.float32
     # Same map, products in another order: float32 rounding apart.
     np.testing.assert_allclose(out, y, rtol=1e-5, atol=1e-5 * float(np.abs(y).max()))
@@ -760,7 +739,7 @@ def test_batch_norm_not_folded_with_gradients_training_mode_batch_stats_or_hooks
     model = _bn_fold_model("im2col_gemm", "relu6")
     calls = _count_forwards(model[1])
     model(x)                                           # eval with gradients: layers as they are
-    assert calls == [1] and model[1]._cache is not None
+    assert calls == [1] and "BatchNorm" in graph_helpers.names(model)
     model = _bn_fold_model("im2col_gemm", "relu6").train()
     assert not folded(model)                           # batch statistics
     no_stats = Sequential(Conv2d(8, 4, 3), BatchNorm2d(4, track_running_stats=False), ReLU()).eval()

@@ -145,7 +145,7 @@ def test_step_does_not_touch_grad_and_keeps_dtype(cfg):
         grads = _grads(t)
         for p, g in zip(params, grads):
             p.grad = g.copy()
-            p.grad.flags.writeable = False  # any write into the gradient raises
+            p.grad.data.flags.writeable = False  # any write into the gradient raises
         opt.step()
         for p, g in zip(params, grads):
             np.testing.assert_array_equal(p.grad, g)
@@ -396,7 +396,7 @@ def test_sgd_in_chunks_matches_torch(cfg, monkeypatch):
         for p, tp, g in zip(params, tparams, _grads(t)):
             p.grad = np.asfortranarray(g) if g.ndim > 1 else g.copy()
             tp.grad = torch.tensor(g)
-        kept = [p.grad.copy() for p in params]
+        kept = [p.grad.numpy().copy() for p in params]
         opt.step()
         topt.step()
         for p, tp, k in zip(params, tparams, kept):

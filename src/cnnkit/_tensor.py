@@ -51,6 +51,28 @@ def _operand(other, like: "Tensor"):
     return arr
 
 
+def _numpy_names(method):
+    """Accept NumPy's keyword names too (``np.sum(t)`` calls ``t.sum(axis=..., out=None)``):
+    ``axis`` is ``dim``, ``keepdims`` is ``keepdim``; ``out`` must be None."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, axis=None, keepdims=None, out=None, **kwargs):
+        if out is not None or "initial" in kwargs or "where" in kwargs:
+            # NumPy-only options: NumPy computes it on the array (no gradient).
+            np_kwargs = {k: kwargs[k] for k in ("initial", "where", "dtype", "ddof") if k in kwargs}
+            result = getattr(np, method.__name__)(self.data, axis=axis if axis is not None else kwargs.get("dim"),
+                                                  keepdims=bool(keepdims), out=out, **np_kwargs)
+            return result if out is not None else Tensor._wrap(np.asarray(result))
+        if axis is not None:
+            kwargs["dim"] = axis
+        if keepdims is not None:
+            kwargs["keepdim"] = keepdims
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 def _dims(args) -> tuple[int, ...]:
     """``view(2, 3)`` and ``view((2, 3))`` alike."""
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
@@ -641,11 +663,13 @@ class Tensor:
     def allclose(self, other, rtol=1e-05, atol=1e-08) -> bool:
         return bool(np.allclose(self.data, _data(other), rtol=rtol, atol=atol))
 
-    def all(self):
-        return Tensor._wrap(np.asarray(self.data.all()))
+    @_numpy_names
+    def all(self, dim=None, keepdim: bool = False):
+        return Tensor._wrap(np.asarray(self.data.all(axis=dim, keepdims=keepdim)))
 
-    def any(self):
-        return Tensor._wrap(np.asarray(self.data.any()))
+    @_numpy_names
+    def any(self, dim=None, keepdim: bool = False):
+        return Tensor._wrap(np.asarray(self.data.any(axis=dim, keepdims=keepdim)))
 
     def isnan(self):
         return Tensor._wrap(np.isnan(self.data))
@@ -721,20 +745,24 @@ class Tensor:
         return F.log_softmax(self, dim)
 
     # ------------------------------------------------------------------ reductions
+    @_numpy_names
     def sum(self, dim=None, keepdim: bool = False, dtype=None):
         t = self if dtype is None else self.type(dtype)
         return _ops()[1].Sum.apply(t, dim, keepdim)
 
+    @_numpy_names
     def mean(self, dim=None, keepdim: bool = False, dtype=None):
         t = self if dtype is None else self.type(dtype)
         if not _is_float(t.dtype):
             raise RuntimeError(f"mean(): expected a floating tensor, got {t.dtype}; call .float() first")
         return _ops()[1].Mean.apply(t, dim, keepdim)
 
+    @_numpy_names
     def var(self, dim=None, keepdim: bool = False, unbiased: bool = True, correction=None):
         corr = (1 if unbiased else 0) if correction is None else correction
         return _ops()[1].Var.apply(self, dim, keepdim, corr)
 
+    @_numpy_names
     def std(self, dim=None, keepdim: bool = False, unbiased: bool = True, correction=None):
         return self.var(dim, keepdim, unbiased, correction).sqrt()
 
@@ -747,10 +775,12 @@ class Tensor:
         values, indices = reduction.MaxAlong.apply(self, dim, keepdim, largest)
         return _MinMax(values, indices)
 
+    @_numpy_names
     def max(self, dim=None, keepdim: bool = False):
         """The largest value, or ``(values, indices)`` along ``dim``."""
         return self._extreme(dim, keepdim, True)
 
+    @_numpy_names
     def min(self, dim=None, keepdim: bool = False):
         return self._extreme(dim, keepdim, False)
 
@@ -760,9 +790,11 @@ class Tensor:
     def amin(self, dim=None, keepdim: bool = False):
         return _ops()[1].Extreme.apply(self, dim, keepdim, False)
 
+    @_numpy_names
     def argmax(self, dim=None, keepdim: bool = False):
         return Tensor._wrap(_arg(np.argmax, self.data, dim, keepdim))
 
+    @_numpy_names
     def argmin(self, dim=None, keepdim: bool = False):
         return Tensor._wrap(_arg(np.argmin, self.data, dim, keepdim))
 

@@ -74,9 +74,8 @@ class _Loss(Module):
         scalar multiplier for 'mean' / 'sum', an array of the loss's shape for 'none')."""
         io = self.__dict__.get("_array_io")
         if io is None:
-            raise RuntimeError(f"{self._short_name()}: backward() called before the loss was computed on arrays, "
-                               f"or twice after one call; with Tensors call loss.backward()")
-        self.__dict__["_array_io"] = None
+            raise RuntimeError(f"{self._short_name()}: backward() called before forward() on arrays (with "
+                               f"gradients enabled); with Tensors call loss.backward()")
         pt, out = io
         if self.reduction == "none":
             up = np.ones(out.shape, out.dtype) if grad is None else np.asarray(grad, dtype=out.dtype)
@@ -93,7 +92,10 @@ class _Loss(Module):
                     f"got shape {up.shape}"
                 )
             up = up.reshape(())
-        out.backward(up)
+        # As before the graph existed, backward may be asked again (another upstream
+        # gradient) after one loss computation: the one-node graph is kept until the next.
+        pt.grad = None
+        out.backward(up, retain_graph=True)
         return pt.grad.data
 
     def _pred(self, pred) -> np.ndarray:

@@ -202,7 +202,7 @@ class Module:
         xt, out = io
         if isinstance(out, Tensor) and out.requires_grad:
             out.backward(grad_out.data if isinstance(grad_out, Tensor) else np.asarray(grad_out))
-        if xt.grad is None:
+        if xt.grad is None or not self.needs_input_grad:
             return None
         return xt.grad.data
 

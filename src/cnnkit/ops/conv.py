@@ -41,6 +41,7 @@ class Conv2d(Function):
                                       relu_input=relu_input and ctx.needs_grad)
         if ctx.needs_grad:
             ctx.cache = cache
+            ctx.relu = bool(relu)
             # The output is its own ReLU mask (y > 0); not needed when the consumer masks.
             ctx.save_for_backward(weight, out if (relu and not grad_premasked) else None)
         return out

@@ -167,9 +167,9 @@ class Optimizer:
         for group in self.param_groups:
             active = [p for p in group["params"] if p.requires_grad and p.grad is not None]
             for p in active:
-                if p.grad.shape != p.data.shape:
+                if p.grad.data.shape != p.data.shape:
                     raise ValueError(
-                        f"{type(self).__name__}: gradient shape {p.grad.shape} does not match "
+                        f"{type(self).__name__}: gradient shape {p.grad.data.shape} does not match "
                         f"parameter shape {p.data.shape}"
                     )
             if active:
