@@ -86,7 +86,7 @@ def child(lib: str, name: str, n: int, threads: int) -> dict:
     import bench_vs_torch as B
     if lib == "cnnkit":
         from cnnkit.nn import _jit
-        from cnnkit.nn import functional as F
+        from cnnkit.nn import _parallel as F
         F.set_num_threads(threads)
         if _jit.enabled():
             _load_compiled_kernels()

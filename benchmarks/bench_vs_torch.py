@@ -37,7 +37,7 @@ def cnnkit_steps(name, n, mode, seed=0):
     import cnnkit.optim as optim
     cnnkit.manual_seed(seed)
     model = R.build_cnnkit(name)
-    x, y = R.batch(name, n)
+    x, y = (cnnkit.from_numpy(a) for a in R.batch(name, n))
     if mode == "infer":
         model.eval()
 
@@ -51,8 +51,7 @@ def cnnkit_steps(name, n, mode, seed=0):
 
     def step():
         opt.zero_grad()
-        loss_fn(model(x), y)
-        model.backward(loss_fn.backward())
+        loss_fn(model(x), y).backward()
         opt.step()
 
     return model, step
@@ -117,9 +116,8 @@ def set_threads(threads: int) -> None:
     kernel pool and NumPy's own OpenBLAS (GEMMs outside the pool)."""
     import torch
     from cnnkit.nn import _parallel
-    from cnnkit.nn import functional as F
     torch.set_num_threads(threads)
-    F.set_num_threads(threads)
+    _parallel.set_num_threads(threads)
     if _parallel._blas is not None:
         _parallel._blas[0](threads)
 

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     malloc = pin_malloc_thresholds()   # PyTorch in its fastest state (see malloc_state.py)
     global CLOCK
     CLOCK = time.thread_time if args.clock == "thread" else time.perf_counter
-    from cnnkit.nn import functional as F
+    from cnnkit.nn import _parallel as F
     F.set_num_threads(args.threads)
 
     torch = None

@@ -192,10 +192,31 @@ def test_load_real_zoo_model(tmp_path):
     _assert_same_state(out.state_dict(), model.state_dict())
 
 
-def test_load_without_model_or_config(tmp_path):
-    save(TinyNet(), tmp_path / "n.safetensors")
-    with pytest.raises(CheckpointError, match=r"n\.safetensors: .*no architecture config.*model="):
-        load(tmp_path / "n.safetensors")
+def test_load_without_model_or_config_returns_the_state_dict(tmp_path):
+    """As torch.load: a file without an architecture config gives back its state dict."""
+    net = TinyNet()
+    save(net, tmp_path / "n.safetensors")
+    state = load(tmp_path / "n.safetensors")
+    assert list(state) == list(net.state_dict())
+    _assert_same_state({k: v.numpy() for k, v in state.items()}, net.state_dict())
+    fresh = TinyNet()
+    fresh.load_state_dict(state)
+    _assert_same_state(fresh.state_dict(), net.state_dict())
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth"])
+def test_state_dict_saved_as_pt_is_a_pytorch_file(tmp_path, suffix):
+    net = TinyNet()
+    path = tmp_path / f"net{suffix}"
+    save(net.state_dict(), path)
+    with open(path, "rb") as f:
+        assert f.read(4) == b"PK\x03\x04"               # PyTorch's zip format
+    state = load(path)
+    _assert_same_state({k: v.numpy() for k, v in state.items()}, net.state_dict())
+    torch = pytest.importorskip("torch")
+    ref = torch.load(path, weights_only=True)
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(ref[k].numpy(), v)
 
 
 def test_load_into_wrong_model(tmp_path):

@@ -144,6 +144,11 @@ def rand_like(input: Tensor, dtype=None, device=None, requires_grad: bool = Fals
     return rand(*input.shape, dtype=dtype or input.dtype, requires_grad=requires_grad)
 
 
+def _t(x) -> Tensor:
+    """An array (``outputs.data``) or number where PyTorch passes a Tensor."""
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
 def _tensors(tensors) -> list[Tensor]:
     return [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
 
@@ -172,64 +177,64 @@ def stack(tensors, dim: int = 0) -> Tensor:
 
 
 def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
-    return input.flatten(start_dim, end_dim)
+    return _t(input).flatten(start_dim, end_dim)
 
 
 def max(input: Tensor, dim=None, keepdim: bool = False):
     """The largest value, ``(values, indices)`` along ``dim``, or the elementwise maximum of two tensors."""
-    return input.max(dim, keepdim)
+    return _t(input).max(dim, keepdim)
 
 
 def min(input: Tensor, dim=None, keepdim: bool = False):
-    return input.min(dim, keepdim)
+    return _t(input).min(dim, keepdim)
 
 
 def maximum(a: Tensor, b: Tensor) -> Tensor:
-    return a.max(b)
+    return _t(a).max(_t(b))
 
 
 def minimum(a: Tensor, b: Tensor) -> Tensor:
-    return a.min(b)
+    return _t(a).min(_t(b))
 
 
 def argmax(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return input.argmax(dim, keepdim)
+    return _t(input).argmax(dim, keepdim)
 
 
 def argmin(input: Tensor, dim=None, keepdim: bool = False) -> Tensor:
-    return input.argmin(dim, keepdim)
+    return _t(input).argmin(dim, keepdim)
 
 
 def sum(input: Tensor, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
-    return input.sum(dim, keepdim, dtype)
+    return _t(input).sum(dim, keepdim, dtype)
 
 
 def mean(input: Tensor, dim=None, keepdim: bool = False, dtype=None) -> Tensor:
-    return input.mean(dim, keepdim, dtype)
+    return _t(input).mean(dim, keepdim, dtype)
 
 
 def exp(input: Tensor) -> Tensor:
-    return input.exp()
+    return _t(input).exp()
 
 
 def log(input: Tensor) -> Tensor:
-    return input.log()
+    return _t(input).log()
 
 
 def sqrt(input: Tensor) -> Tensor:
-    return input.sqrt()
+    return _t(input).sqrt()
 
 
 def abs(input: Tensor) -> Tensor:
-    return input.abs()
+    return _t(input).abs()
 
 
 def clamp(input: Tensor, min=None, max=None) -> Tensor:
-    return input.clamp(min, max)
+    return _t(input).clamp(min, max)
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
-    return a @ b
+    return _t(a) @ b
 
 
 def where(condition, input, other) -> Tensor:
@@ -241,23 +246,23 @@ def where(condition, input, other) -> Tensor:
 
 
 def softmax(input: Tensor, dim: int) -> Tensor:
-    return input.softmax(dim)
+    return _t(input).softmax(dim)
 
 
 def log_softmax(input: Tensor, dim: int) -> Tensor:
-    return input.log_softmax(dim)
+    return _t(input).log_softmax(dim)
 
 
 def relu(input: Tensor) -> Tensor:
-    return input.relu()
+    return _t(input).relu()
 
 
 def sigmoid(input: Tensor) -> Tensor:
-    return input.sigmoid()
+    return _t(input).sigmoid()
 
 
 def tanh(input: Tensor) -> Tensor:
-    return input.tanh()
+    return _t(input).tanh()
 
 
 def allclose(a, b, rtol: float = 1e-05, atol: float = 1e-08) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any, Mapping
@@ -109,7 +110,9 @@ def save(model: Any, path: str | os.PathLike, optimizer: Any = None, meta: Mappi
     Args:
         model: a ``cnnkit.nn.Module`` (its ``state_dict()``; its ``config`` when it was made by
             ``cnnkit.models.create``, so :func:`load` can rebuild it) or a state dict.
-        path: the file to write, conventionally ``*.safetensors``.
+        path: the file to write, conventionally ``*.safetensors``. A bare state dict (or
+            module) saved to a ``.pt`` / ``.pth`` name is written in PyTorch's format, as
+            ``torch.save(model.state_dict(), "net.pt")`` would.
         optimizer: an optimizer (or its ``state_dict()``) to resume training from.
         meta: JSON-able user metadata, e.g. ``{"epoch": 3, "classes": [...], "input_shape":
             [1, 28, 28], "normalize": {...}}``. NumPy scalars are stored as plain numbers.
@@ -124,6 +127,13 @@ def save(model: Any, path: str | os.PathLike, optimizer: Any = None, meta: Mappi
     state = model.state_dict() if is_module else model
     if not isinstance(state, Mapping):
         raise TypeError(f"save: model must be a Module or a state dict, found {type(model).__name__}")
+    if _is_torch_name(path) and optimizer is None and meta is None and scheduler is None and not extra:
+        # torch.save(model.state_dict(), "net.pt"): PyTorch's own file format, so that the
+        # file loads in PyTorch too (torch.load(..., weights_only=True)).
+        from .torch_writer import save_torch
+
+        save_torch({k: np.asarray(v) for k, v in state.items()}, path)
+        return
     tensors = {f"model.{k}": np.asarray(v) for k, v in state.items()}
     metadata = {
         "format": FORMAT,
@@ -288,31 +298,52 @@ def _optimizer_state(plain: dict | None, arrays: dict[str, np.ndarray], path: st
         raise CheckpointError(f"{path}: malformed optimizer state ({exc!r})") from exc
 
 
-def load(path: str | os.PathLike, model: Any = None, strict: bool = True) -> Any:
-    """Load a checkpoint into a model and return the model.
+def _is_torch_name(path) -> bool:
+    return os.fspath(path).lower().endswith((".pt", ".pth"))
+
+
+def load(path: str | os.PathLike, model: Any = None, strict: bool = True, weights_only: bool = True,
+         map_location: Any = None) -> Any:
+    """Load a checkpoint into a model and return the model; or, as ``torch.load``, return
+    the state dict a file holds.
 
     Args:
-        path: the ``.safetensors`` file written by :func:`save`.
+        path: a ``.safetensors`` file written by :func:`save`, or a PyTorch ``.pt`` / ``.pth``
+            state dict (read without running code: ``io.load_torch``).
         model: the module to fill in. When None, the model is rebuilt from the architecture
-            config stored in the file (``cnnkit.models.create(name, **kwargs)``).
+            config stored in the file (``cnnkit.models.create(name, **kwargs)``); a file
+            without one (a bare state dict) is returned as an ordered dict of Tensors,
+            for ``model.load_state_dict(cnnkit.load(path))``.
         strict: passed to ``load_state_dict``: missing or unexpected keys are an error.
+        weights_only, map_location: accepted for PyTorch compatibility; loading never runs
+            code, and everything is on the CPU.
 
     Returns:
         The model with the checkpoint's weights, and the checkpoint's meta dict attached as
-        ``model.checkpoint_meta``.
+        ``model.checkpoint_meta``; or the state dict (see ``model``).
 
     Raises:
-        CheckpointError: no ``model`` given and the file has no config; keys or shapes that do
-            not match the model; an unreadable file.
+        CheckpointError: keys or shapes that do not match the model; an unreadable file.
     """
     path = os.fspath(path)
+    if _is_torch_name(path):
+        from .._tensor import Tensor
+        from .torch_reader import load_torch
+
+        state = OrderedDict((k, Tensor._wrap(v)) for k, v in load_torch(path).items())
+        if model is None:
+            return state
+        try:
+            model.load_state_dict(state, strict=strict)
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{path}: the weights do not fit the model: {exc}") from exc
+        return model
     ckpt = load_checkpoint(path)
     if model is None:
         if not ckpt.config or "name" not in ckpt.config:
-            raise CheckpointError(
-                f"{path}: the checkpoint has no architecture config (the model was not made with "
-                "cnnkit.models.create), so it cannot be rebuilt; pass the model: cnnkit.load(path, model=MyNet())"
-            )
+            from .._tensor import Tensor
+
+            return OrderedDict((k, Tensor._wrap(v)) for k, v in ckpt.state_dict.items())
         models = import_module("cnnkit.models")
         model = models.create(ckpt.config["name"], **(ckpt.config.get("kwargs") or {}))
     try:
