@@ -43,7 +43,11 @@ def test_train_writes_everything_and_ends_with_the_test_accuracy(data_env, capsy
     assert metrics["test_samples"] == 60
     assert set(metrics["per_class"]) == {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                                          "Shirt", "Sneaker", "Bag", "Ankle boot"}
-    assert np.asarray(metrics["confusion_matrix"]).sum() == 60
+    confusion = np.asarray(metrics["confusion_matrix"])
+    assert confusion.sum() == 60
+    # The accuracy is the confusion matrix's diagonal share (the range check above alone
+    # would pass any number in [0, 1]).
+    assert metrics["test_accuracy"] == pytest.approx(np.trace(confusion) / 60)
     assert metrics["config"]["optimizer"] == "adam"  # lenet's preset
     ckpt = load_checkpoint(out / "best.safetensors")
     assert ckpt.config == {"name": "lenet", "kwargs": {"num_classes": 10, "in_channels": 1, "input_size": 28}}

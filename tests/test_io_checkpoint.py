@@ -131,7 +131,7 @@ def test_optimizer_and_scheduler_state_round_trip(tmp_path):
 
 
 def test_real_optimizer_resumes_identically(tmp_path):
-    optim = pytest.importorskip("cnnkit.optim")
+    from cnnkit import optim
     net = TinyNet()
     opt = optim.Adam(net.parameters(), lr=0.01)
     for p in net.parameters():
@@ -183,8 +183,6 @@ def test_load_rebuilds_from_config(tmp_path, monkeypatch):
 
 
 def test_load_real_zoo_model(tmp_path):
-    pytest.importorskip("cnnkit.nn.conv")
-    pytest.importorskip("cnnkit.nn.pooling")
     model = cnnkit.models.create("lenet", num_classes=7)
     save(model, tmp_path / "lenet.safetensors")
     out = cnnkit.load(tmp_path / "lenet.safetensors")

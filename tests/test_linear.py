@@ -131,8 +131,12 @@ def test_linear_does_not_write_into_grad_out():
     layer = Linear(3, 2)
     layer(np.ones((2, 3), np.float32))
     g = np.ones((2, 2), np.float32)
-    g.flags.writeable = False
-    layer.backward(g)
+    g.flags.writeable = False                       # a write would raise
+    gx = layer.backward(g)
+    np.testing.assert_array_equal(g, np.ones((2, 2), np.float32))
+    # Each input gradient is a sum of two products (float32 rounding apart from float64).
+    np.testing.assert_allclose(gx, g.astype(np.float64) @ layer.weight.data.astype(np.float64),
+                               rtol=4 * np.finfo(np.float32).eps)
 
 
 def test_linear_errors():

@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+from float32_tolerance import assert_float32_close
 
 import cnnkit
 import cnnkit.nn as nn
@@ -186,7 +187,9 @@ def test_a_kept_model_output_survives_the_next_steps():
     again = model(x1)                               # training mode: caches kept too
     model.backward(np.ones_like(again))
     assert np.array_equal(y1, snapshot)
-    assert np.array_equal(again, snapshot)
+    # Training and inference may run other kernels (blocking, fused passes): equal up to the
+    # float32 rounding of the two convolutions' sums (3*9 and 32*9 products).
+    assert_float32_close(again, snapshot, 3 * 9 + 32 * 9)
 
 
 def test_recycled_steps_give_the_same_results():

@@ -30,6 +30,8 @@ _EXPORTS = {
     "save": "io.checkpoint",
     "load": "io.checkpoint",
     "empty_cache": "nn._recycle",
+    "set_num_threads": "nn._parallel",
+    "get_num_threads": "nn._parallel",
 }
 _SUBPACKAGES = {"nn", "optim", "data", "train", "io", "models", "cli", "plots", "predict", "finetune",
                 "autograd", "ops", "utils"}

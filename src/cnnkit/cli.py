@@ -21,7 +21,7 @@ import os
 import sys
 from importlib import import_module
 
-from . import __version__
+from .info import VersionAction
 
 EXIT_INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
 
@@ -148,16 +148,30 @@ def _cmd_datasets(args) -> int:
     return 0
 
 
+#: Subcommands that run a network, hence take ``--threads``.
+_COMPUTING_COMMANDS = ("train", "evaluate", "predict", "finetune")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cnnkit", description="Convolutional neural networks from scratch on NumPy.")
-    parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
     _add_evaluate(sub)
     _add_summary(sub)
     _add_datasets(sub)
-    for module in ("predict", "finetune"):  # engineer F2's subcommands
+    for module in ("predict", "finetune", "info"):
         try:
             mod = import_module(f"cnnkit.{module}")
         except ImportError as exc:
@@ -165,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # not written yet; the other subcommands still work
         mod.add_parser(sub)
+    for name in _COMPUTING_COMMANDS:
+        if name in sub.choices:
+            sub.choices[name].add_argument(
+                "--threads", type=_positive_int, metavar="N",
+                help="threads to compute on (default: $CNNKIT_NUM_THREADS, else all CPUs this process may use)")
     return parser
 
 
@@ -176,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "threads", None) is not None:
+            from .nn._parallel import set_num_threads
+
+            set_num_threads(args.threads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("cnnkit: interrupted", file=sys.stderr)

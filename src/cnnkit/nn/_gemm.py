@@ -1,15 +1,21 @@
-"""float32 matrix products through Intel MKL when the optional ``mkl`` wheel is installed.
+"""float32 matrix products through Intel MKL where it is faster than NumPy's OpenBLAS.
 
 Why: the convolutions of small networks are GEMMs with few output columns (32-64 channels:
-(N*H*W, 9*C) @ (9*C, 32)), where NumPy's OpenBLAS runs at about half its peak. MKL's
-``cblas_sgemm`` is 1.3-1.6x faster on them, one thread each (GFLOP/s, OpenBLAS / MKL):
-(7168, 288) @ (288, 32) 100 / 143; (7168, 288) @ (288, 64) 117 / 157;
-(288, 7168) @ (7168, 32) 99 / 158; 1024^3 144 / 163. ``matmul`` is np.matmul for the
-float32 2-D and stacked 3-D products of the kernels, run by MKL when it can be, else by
-NumPy. A training step at batch 64 on 2 threads (ms, NumPy / MKL): 4-conv net 77.8 / 67.1,
-VGG-style CIFAR net 192 / 158, LeNet 6.3 / 6.3 (its GEMMs are mostly below ``MIN_MACS``).
+(N*H*W, 9*C) @ (9*C, 32)), where NumPy's OpenBLAS runs at about half its peak. On Intel
+CPUs MKL's ``cblas_sgemm`` is 1.3-1.6x faster on them, one thread each (GFLOP/s on a Xeon,
+OpenBLAS / MKL): (7168, 288) @ (288, 32) 100 / 143; (7168, 288) @ (288, 64) 117 / 157;
+(288, 7168) @ (7168, 32) 99 / 158; 1024^3 144 / 163. On AMD CPUs MKL is slower than
+OpenBLAS (an EPYC ran whole networks up to 1.8x slower with it). ``matmul`` is np.matmul for
+the float32 2-D and stacked 3-D products of the kernels, run by MKL when it is the backend.
 Stacks go to ``cblas_sgemm_batch_strided``, 4-15 % faster than a loop of calls on the
 Winograd products (16, T, C) @ (16, C, O), except interleaved outputs, which it refuses.
+
+Which backend: ``CNNKIT_BLAS=numpy`` or ``=mkl`` in the environment, or ``set_backend``,
+decide. Otherwise the first product times both libraries, one thread each, on three
+conv-shaped products (about 0.1 s) and keeps MKL only where it took at most 95 % of
+NumPy's time; the result is cached per CPU model and library versions in
+``~/.cache/cnnkit/blas/choice.json``, so later processes do not measure again. The mere
+presence of the ``mkl`` package never decides. ``backend()`` says which backend runs and why.
 
 Threads: MKL is loaded with its SEQUENTIAL threading layer, because cnnkit's thread pool
 (``_parallel``) already splits the work over the cores and sets OpenBLAS to one thread.
@@ -23,11 +29,11 @@ called are MKL's layer setters and ``cblas_sgemm`` / ``cblas_sgemm_batch_strided
 arrays whose shapes, strides and dtype were checked here (no pickle, no code from
 elsewhere). Integers are 32-bit (mkl_rt's LP64 interface).
 
-Fallback: np.matmul, silently, for anything else: MKL not installed or not loadable,
-``CNNKIT_BLAS=numpy`` in the environment, ``set_backend("numpy")``, other dtypes, 1-D or
-4-D operands, strides that are not row- or column-contiguous, zero-size or over-2**31
-dimensions, an ``out`` that overlaps an operand, products of fewer than ``MIN_MACS``
-multiply-adds. ``backend()`` says which backend is in use and why.
+Fallback: np.matmul, silently, for anything else: MKL not installed (it is a dependency on
+x86-64 Linux and Windows only) or not loadable or slower here, ``CNNKIT_BLAS=numpy``,
+``set_backend("numpy")``, other dtypes, 1-D or 4-D operands, strides that are not row- or
+column-contiguous, zero-size or over-2**31 dimensions, an ``out`` that overlaps an operand,
+products of fewer than ``MIN_MACS`` multiply-adds.
 """
 
 from __future__ import annotations
@@ -94,7 +100,7 @@ def _load_mkl():
     try:
         importlib.metadata.distribution("mkl")
     except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError("mkl not installed (pip install 'cnnkit[mkl]')") from None
+        raise RuntimeError("mkl not installed (a dependency on x86-64 Linux and Windows only)") from None
     errors = []
     for path in _candidate_paths():
         try:
@@ -121,34 +127,193 @@ def _load_mkl():
     raise RuntimeError("mkl installed, but libmkl_rt not loadable: " + ("; ".join(errors) or "not found"))
 
 
+#: Conv-shaped products the automatic choice times (the kernels' narrow GEMMs: a 32- and a
+#: 64-channel 3x3 convolution's forward product, and a weight gradient's long inner product).
+_PROBE_SHAPES = (((7168, 288), (288, 32), False), ((3136, 576), (576, 64), False),
+                 ((288, 7168), (7168, 32), True))
+#: MKL is chosen when it takes at most this share of NumPy's time on the probe products:
+#: a tie keeps NumPy (one library fewer in the process, its threads used outside the pool).
+_MKL_MARGIN = 0.95
+#: Bump when the probe changes, so that cached choices made by another probe are redone.
+_PROBE_VERSION = 1
+
+
+def _cpu_fields() -> dict[str, str]:
+    """The first CPU's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip().lower()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def _cpu_name() -> str:
+    """The CPU's model name, as the user knows it."""
+    fields = _cpu_fields()
+    for key in ("model name", "hardware", "cpu model"):
+        if fields.get(key):
+            return fields[key]
+    import platform
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _cpu_id() -> str:
+    """The model name with vendor, family and model numbers (VMs often name every Xeon alike)."""
+    fields = _cpu_fields()
+    numbers = "/".join(fields.get(k, "") for k in ("vendor_id", "cpu family", "model", "cpu part"))
+    return f"{_cpu_name()} [{numbers}]"
+
+
+def _cache_path():
+    from ..data.locate import cache_dir  # ~/.cache/cnnkit/<name>, HOME read at call time
+
+    return cache_dir("blas") / "choice.json"
+
+
+def _cache_key() -> str:
+    mkl = importlib.metadata.version("mkl")
+    return f"{_cpu_id()} | numpy {np.__version__} | mkl {mkl} | probe {_PROBE_VERSION}"
+
+
+def _read_cache(key: str):
+    """The cached {"backend", "numpy_ms", "mkl_ms"} for this machine and these libraries, or None."""
+    import json
+
+    try:
+        with open(_cache_path(), encoding="utf-8") as f:
+            entry = json.load(f).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if (isinstance(entry, dict) and entry.get("backend") in ("mkl", "numpy")
+            and all(isinstance(entry.get(k), (int, float)) for k in ("numpy_ms", "mkl_ms"))):
+        return entry
+    return None
+
+
+def _write_cache(key: str, entry: dict) -> None:
+    """Add ``entry`` under ``key`` (best effort: a read-only home only costs a new probe)."""
+    import json
+
+    from ..io.atomic import atomic_write_text
+
+    path = _cache_path()
+    try:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            data = data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            data = {}
+        data[key] = entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass
+
+
+def _probe(sgemm) -> tuple[float, float]:
+    """(NumPy ms, MKL ms): the best of a few interleaved timings of the probe products, each
+    library on one thread, as the thread pool runs them."""
+    import time
+
+    rng = np.random.default_rng(0)
+    operands = []
+    for (ma, ka), (kb, nb), transposed in _PROBE_SHAPES:
+        a = rng.standard_normal((ka, ma) if transposed else (ma, ka), dtype=np.float32)
+        operands.append((a.T if transposed else a, rng.standard_normal((kb, nb), dtype=np.float32)))
+    outs = [np.empty((a.shape[0], b.shape[1]), _F32) for a, b in operands]
+
+    def run_numpy():
+        for (a, b), out in zip(operands, outs):
+            np.matmul(a, b, out=out)
+
+    def run_mkl():
+        for (a, b), out in zip(operands, outs):
+            _, _, m, n, k, ((ta, lda), a, _), ((tb, ldb), b, _), ldc, _ = _plan(a, b, out)
+            sgemm(_ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb,
+                  0.0, out.ctypes.data, ldc)
+
+    best = [float("inf"), float("inf")]
+    saved = _parallel._blas[1]()
+    _parallel._blas[0](1)
+    try:
+        run_numpy(), run_mkl()          # warm-up: pages, packing buffers, MKL's dispatch
+        for _ in range(7):
+            for i, run in enumerate((run_numpy, run_mkl)):
+                t0 = time.perf_counter()
+                run()
+                best[i] = min(best[i], time.perf_counter() - t0)
+    finally:
+        _parallel._blas[0](saved)
+    return best[0] * 1e3, best[1] * 1e3
+
+
+def _auto_choice(loaded) -> tuple[bool, str]:
+    """(use MKL, why): MKL is used where it measured faster than NumPy's BLAS on this machine
+    (probed once, cached per CPU model and library versions)."""
+    if _parallel._blas is None:
+        return False, ("NumPy's BLAS is not OpenBLAS, or its threads cannot be set: it keeps "
+                       "the GEMMs (MKL would only replace it on one thread)")
+    key = _cache_key()
+    entry = _read_cache(key)
+    origin = f"cached in {_cache_path()}"
+    if entry is None:
+        numpy_ms, mkl_ms = _probe(loaded[0])
+        entry = {"backend": "mkl" if mkl_ms <= _MKL_MARGIN * numpy_ms else "numpy",
+                 "numpy_ms": round(numpy_ms, 3), "mkl_ms": round(mkl_ms, 3)}
+        _write_cache(key, entry)
+        origin = f"measured now, saved in {_cache_path()}"
+    speed = entry["numpy_ms"] / max(entry["mkl_ms"], 1e-9)
+    why = (f"MKL ran conv-shaped products at {speed:.2f}x NumPy's speed on {_cpu_name()} "
+           f"(one thread; {origin}; CNNKIT_BLAS=numpy|mkl overrides)")
+    return entry["backend"] == "mkl", why
+
+
 def _choose(name: str | None) -> None:
-    """Make ``name`` ("mkl", "numpy", or None: the environment's choice) the backend."""
+    """Make ``name`` ("mkl", "numpy", or None: ``CNNKIT_BLAS``, else the faster one on this
+    machine) the backend."""
     global _sgemm, _sgemm_batch, _decided, _reason, _loaded
     forced = name is not None
+    source = "set_backend"
     if name is None:
-        name = "numpy" if os.environ.get("CNNKIT_BLAS", "").strip().lower() == "numpy" else "mkl"
+        env = os.environ.get("CNNKIT_BLAS", "").strip().lower()
+        source = f"CNNKIT_BLAS={env}"
+        if env not in ("", "auto", "numpy", "openblas", "mkl"):
+            raise ValueError(f"CNNKIT_BLAS: expected numpy, mkl or auto, found {env!r}")
+        name = {"numpy": "numpy", "openblas": "numpy", "mkl": "mkl"}.get(env)
     _sgemm = _sgemm_batch = None
-    if name == "numpy":
-        _reason = "set_backend('numpy')" if forced else "CNNKIT_BLAS=numpy"
-    else:
-        try:
-            if _loaded is None:
-                _loaded = _load_mkl()
-            _sgemm, _sgemm_batch = _loaded[0], _loaded[1]
-            _reason = f"{_loaded[2]} (sequential; used inside the thread pool's regions)"
-        except RuntimeError as e:
-            _reason = str(e)
-            if forced:
-                _decided = True
-                raise
     _decided = True
+    if name == "numpy":
+        _reason = "set_backend('numpy')" if forced else f"{source}"
+        return
+    try:
+        if _loaded is None:
+            _loaded = _load_mkl()
+    except RuntimeError as e:
+        _reason = str(e)
+        if forced:
+            raise
+        return
+    if name is None:
+        use, _reason = _auto_choice(_loaded)
+        if not use:
+            return
+    else:
+        _reason = f"{'set_backend' if forced else source}: {_loaded[2]}"
+    _sgemm, _sgemm_batch = _loaded[0], _loaded[1]
 
 
 def backend() -> tuple[str, str]:
     """The GEMM backend in use.
 
     Returns:
-        ("mkl" or "numpy", why: the library's path, or why MKL is not used).
+        ("mkl" or "numpy", why: what chose it, e.g. the measured speed of both).
     """
     with _lock:
         if not _decided:
@@ -165,7 +330,8 @@ def set_backend(name: str | None) -> None:
 
     Args:
         name: "mkl" (raises RuntimeError when MKL cannot be loaded; the backend is then
-            "numpy"), "numpy", or None for the default (MKL unless ``CNNKIT_BLAS=numpy``).
+            "numpy"), "numpy", or None for the default (``CNNKIT_BLAS``, else the faster of
+            the two on this machine).
     """
     if name not in ("mkl", "numpy", None):
         raise ValueError(f"set_backend: expected 'mkl', 'numpy' or None, got {name!r}")

@@ -83,23 +83,47 @@ def _find_openblas():
 _blas = _find_openblas()
 
 
+def threads_status() -> tuple[int, str]:
+    """The kernels' thread count and what set it.
+
+    Returns:
+        (threads, why): ``set_num_threads``, ``CNNKIT_NUM_THREADS``, or the CPUs this
+        process may run on.
+    """
+    if _num_threads is not None:
+        return _num_threads, "set_num_threads / --threads"
+    env = os.environ.get("CNNKIT_NUM_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"CNNKIT_NUM_THREADS: expected a positive integer, found {env!r}")
+        return n, "CNNKIT_NUM_THREADS"
+    try:
+        return max(1, len(os.sched_getaffinity(0))), "the CPUs this process may use"
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1), "the CPU count"
+
+
 def get_num_threads() -> int:
-    """Threads used by the convolution and pooling kernels."""
+    """Threads used by the convolution, pooling and Linear kernels (see ``set_num_threads``)."""
     if _num_threads is not None:
         return _num_threads
-    env = os.environ.get("CNNKIT_NUM_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return threads_status()[0]
 
 
 def set_num_threads(n: int) -> None:
-    """Set the threads used by the convolution and pooling kernels (1 = serial)."""
+    """Set the threads cnnkit's kernels run on (public: ``cnnkit.set_num_threads``).
+
+    Args:
+        n: threads, >= 1; 1 runs everything serially in the caller and gives NumPy's BLAS
+            its own thread setting back. Default: ``CNNKIT_NUM_THREADS``, else the CPUs
+            this process may use.
+    """
     global _num_threads, _pool, _saved_blas_threads
-    if int(n) < 1:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
     with _lock:
         _num_threads = int(n)
@@ -153,6 +177,8 @@ def parallel_for(n: int, fn: Callable[[int, int], object], work_bytes: int) -> l
     if (threads == 1 or n < 2 or work_bytes < MIN_PARALLEL_BYTES or _blas is None
             or getattr(_in_region, "active", False)):
         return [fn(0, n)]
+    if not _gemm._decided:
+        _gemm.backend()   # a first-use probe of the BLAS libraries times them before the pool runs
     parts = split(n, threads)
     pool = _get_pool(threads)
 
