@@ -18,6 +18,11 @@ MAX_DEFLATE_RATIO = 1032
 MAX_INPUT_ELEMENTS = 1 << 26
 MAX_INPUT_SIDE = 16384
 MAX_INPUT_CHANNELS = 4096
+# `cnnkit summary` runs one image through the model, whose activations (and im2col columns,
+# 9x larger) dwarf the input: VGG-16 needs about 4 GB at 512 x 512 pixels.
+MAX_SUMMARY_PIXELS = 512 * 512
+# ... and builds its classifier: VGG's Linear(4096, 32768) is 512 MiB.
+MAX_SUMMARY_CLASSES = 32768
 # Classes of a classifier (ImageNet-21k has 21841).
 MAX_CLASSES = 1 << 20
 # Nesting depth of containers in a .pth pickle (a state dict is 1-3 levels deep).

@@ -277,4 +277,6 @@ def write_history_csv(history, filename: str | os.PathLike, separator: str = ","
 
 
 def _csv_number(value: float) -> str:
-    return "" if math.isnan(value) else repr(float(value))
+    # NaN (a diverged value, or a metric an epoch did not have) is written as "nan", which
+    # csv readers and pandas parse back; an empty cell would hide it.
+    return repr(float(value))
