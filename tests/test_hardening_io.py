@@ -258,3 +258,15 @@ def test_stale_temporary_files_are_removed(tmp_path):
         k.write_bytes(b"mine")
     assert atomic.remove_stale_temps(tmp_path) == [str(stale)]
     assert sorted(os.listdir(tmp_path)) == sorted(k.name for k in keep)
+
+
+def test_zip_with_an_undecodable_member_name_is_a_torch_file_error(tmp_path):
+    path = tmp_path / "names.pth"
+    zip_pth(path, pickle.dumps({"a": 1}, protocol=2))
+    data = bytearray(path.read_bytes())
+    i = data.find(b"PK\x01\x02")  # first central-directory entry: flag bit 11 = UTF-8 names
+    data[i + 8:i + 10] = struct.pack("<H", struct.unpack("<H", data[i + 8:i + 10])[0] | 0x800)
+    data[i + 46] = 0x80  # not valid UTF-8
+    path.write_bytes(bytes(data))
+    with pytest.raises(TorchFileError, match=r"names\.pth: truncated or unreadable archive \(UnicodeDecodeError"):
+        load_torch(path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import zipfile
 import zlib
 from typing import Any, Sequence
@@ -167,9 +168,14 @@ def _read_zip(path: str) -> Any:
                 return np.frombuffer(data, dtype=np.uint8)
 
             return materialize(obj, read_storage, byteorder, path)
+    except TorchFileError:
+        raise
     except zipfile.BadZipFile as exc:
         raise TorchFileError(f"{path}: corrupt or truncated zip archive ({exc})") from exc
-    except (EOFError, OSError, zlib.error, NotImplementedError, RuntimeError) as exc:
+    # What zipfile raises for damaged archives besides BadZipFile: undecodable member names
+    # (UnicodeDecodeError), unsupported or encrypted members, cut streams, bad header fields.
+    except (EOFError, OSError, zlib.error, NotImplementedError, RuntimeError, ValueError, struct.error,
+            OverflowError) as exc:
         raise TorchFileError(f"{path}: truncated or unreadable archive ({type(exc).__name__}: {exc})") from exc
 
 
