@@ -142,6 +142,16 @@ def _cifar_tar(per_batch: int = 2) -> bytes:
 
 
 # ---------------------------------------------------------------------------- targets
+def _file_reader(path: str, *readers):
+    """A target's run function: write the input to ``path``, call every reader on it."""
+    def run(data: bytes):
+        with open(path, "wb") as f:
+            f.write(data)
+        for read in readers:
+            read(path)
+    return run
+
+
 def target_pth(folder: str):
     seed, pkl = _pth_seed(folder)
     legacy = _legacy(pickle.dumps({"w": [1, 2.0, "x", (None, True)]}, protocol=2))
@@ -156,12 +166,7 @@ def target_pth(folder: str):
             return _rezip(seed, draw(mutated(pkl)))
         return draw(mutated(legacy))
 
-    def run(data: bytes):
-        with open(path, "wb") as f:
-            f.write(data)
-        read_torch(path)
-
-    return inputs(), run, (TorchFileError,)
+    return inputs(), _file_reader(path, read_torch), (TorchFileError,)
 
 
 def target_safetensors(folder: str):
@@ -178,12 +183,7 @@ def target_safetensors(folder: str):
         new = draw(mutated(text))
         return struct.pack("<Q", len(new)) + new + body
 
-    def run(data: bytes):
-        with open(path, "wb") as f:
-            f.write(data)
-        load_checkpoint(path)
-
-    return inputs(), run, (CheckpointError,)
+    return inputs(), _file_reader(path, load_checkpoint), (CheckpointError,)
 
 
 def target_metadata(folder: str):
@@ -211,13 +211,7 @@ def target_metadata(folder: str):
             meta[key] = json.dumps(value)
         return _pack_safetensors({**header, "__metadata__": meta}, body)
 
-    def run(data: bytes):
-        with open(path, "wb") as f:
-            f.write(data)
-        load_checkpoint(path)
-        load(path)
-
-    return inputs(), run, (CheckpointError,)
+    return inputs(), _file_reader(path, load_checkpoint, load), (CheckpointError,)
 
 
 def target_idx(folder: str):
@@ -256,12 +250,8 @@ def target_cifar(folder: str):
             return draw(mutated(gzip.compress(tar, mtime=0)))
         return gzip.compress(draw(mutated(tar)), mtime=0)
 
-    def run(data: bytes):
-        with open(path, "wb") as f:
-            f.write(data)
-        CIFAR10(root=root, train=False, download=False)
-
-    return inputs(), run, (DataFormatError,)
+    return inputs(), _file_reader(path, lambda _: CIFAR10(root=root, train=False, download=False)), \
+        (DataFormatError,)
 
 
 TARGETS = {"pth": target_pth, "safetensors": target_safetensors, "metadata": target_metadata,

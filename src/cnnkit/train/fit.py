@@ -40,7 +40,7 @@ class TrainingDiverged(ValueError):
 
     Attributes:
         epoch (int), batch (int): where it happened (batch 0: at the epoch's end).
-        what (str): e.g. ``"loss nan"``; last_checkpoint (str | None).
+        what (str): e.g. ``"the loss is nan"``; last_checkpoint (str | None).
     """
 
     def __init__(self, epoch: int, batch: int, what: str, lr: float | None, last_checkpoint: str | None):
