@@ -37,7 +37,12 @@ def _shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected a shape like 1,28,28, got {text!r}") from None
     if len(dims) != 3 or min(dims) < 1:
         raise argparse.ArgumentTypeError(f"expected C,H,W with positive sizes, got {text!r}")
-    return dims
+    from .io.limits import check_input_shape
+
+    try:
+        return check_input_shape(dims, "the shape")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_train(sub) -> None:
@@ -71,6 +76,8 @@ def _add_train(sub) -> None:
     p.add_argument("--limit-test", type=int, help="test on a random subset of N images")
     p.add_argument("--data-root", help="extra folder to look for datasets in (also: $CNNKIT_DATA)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it, such a folder is refused)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bar")
     p.set_defaults(func=_cmd_train)
 
@@ -84,7 +91,7 @@ def _cmd_train(args) -> int:
     else:
         config = runner.resolve_config(given)
     result = runner.run_train(config, args.out, resume=args.resume, data_root=args.data_root,
-                              verbose=0 if args.quiet else 1)
+                              verbose=0 if args.quiet else 1, overwrite=args.overwrite)
     return EXIT_INTERRUPTED if result.get("interrupted") else 0
 
 
@@ -119,6 +126,7 @@ _IMAGENET_MODELS = ("vgg", "resnet", "squeezenet", "efficientnet")
 
 
 def _cmd_summary(args) -> int:
+    from .io.limits import MAX_SUMMARY_CLASSES, MAX_SUMMARY_PIXELS
     from .models import names
     from .runner import build_model
 
@@ -127,6 +135,11 @@ def _cmd_summary(args) -> int:
     shape = args.input_shape
     if shape is None:
         shape = (3, 224, 224) if args.name.startswith(_IMAGENET_MODELS) else (1, 28, 28)
+    if shape[1] * shape[2] > MAX_SUMMARY_PIXELS:
+        raise UserError(f"--input-shape {','.join(map(str, shape))}: summary runs one image through the model, "
+                        f"at most {MAX_SUMMARY_PIXELS} pixels (H*W), got {shape[1] * shape[2]}")
+    if args.num_classes is not None and not 1 <= args.num_classes <= MAX_SUMMARY_CLASSES:
+        raise UserError(f"--num-classes must be in [1, {MAX_SUMMARY_CLASSES}], got {args.num_classes}")
     if args.num_classes is None:
         model = build_model(args.name, 1000 if shape[1:] == (224, 224) else 10, list(shape))
     else:

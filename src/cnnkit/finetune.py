@@ -195,7 +195,7 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
              seed: int = 0, unfreeze_blocks: int = 0, unfreeze_epochs: int = 3,
              unfreeze_lr: float | None = None, class_weights: str | list | None = "balanced",
              weight_decay: float = 1e-4, weights_path: str | os.PathLike | None = None,
-             test_dir: str | os.PathLike | None = None, verbose: bool = True) -> dict:
+             test_dir: str | os.PathLike | None = None, verbose: bool = True, overwrite: bool = False) -> dict:
     """Fine-tune a pretrained model on an image folder; keep the best epoch by held-out macro F1.
 
     Args:
@@ -218,6 +218,8 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
         test_dir: optionally, a separate image folder (same class names) on which the best
             checkpoint is evaluated at the end (``result["test"]``).
         verbose: print progress and the final report.
+        overwrite: replace the outputs of an earlier fine-tuning in ``out_dir`` (without it,
+            such a folder is refused before anything is written).
 
     Returns:
         dict with ``checkpoint`` (path), ``classes``, ``val`` (metrics of the best epoch:
@@ -240,8 +242,14 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
             raise ValueError(f"finetune: {name} must be >= 1, got {value}")
     if unfreeze_blocks and int(unfreeze_epochs) < 1:
         raise ValueError(f"finetune: unfreeze_epochs must be >= 1 when unfreezing, got {unfreeze_epochs}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"finetune: --seed / seed must be an integer >= 0, got {seed!r}")
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
+    present = [n for n in (CHECKPOINT_NAME, LAST_NAME, REPORT_NAME) if (out_dir / n).exists()]
+    if present and not overwrite:
+        raise ValueError(f"finetune: --out {out_dir} already holds a fine-tuning run ({', '.join(present)}); "
+                         "pass --overwrite to replace it, or choose another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     ds = ImageFolder(data_dir, lazy=True)
@@ -355,8 +363,9 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
         result["test"] = evaluate_folder(ckpt_path, test_dir, EXTRACT_BATCH)
         result["seconds"]["test"] = round(time.perf_counter() - t0, 2)
         result["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
-    with open(out_dir / REPORT_NAME, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    from .io.atomic import atomic_write_text
+
+    atomic_write_text(out_dir / REPORT_NAME, json.dumps(result, indent=2))
     log(format_report(result))
     return result
 
@@ -435,6 +444,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="also evaluate the best checkpoint on this image folder (same class names)")
     p.add_argument("--weights", default=None, metavar="PTH",
                    help="pretrained .pth file to use instead of the packaged one")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in --out")
     p.set_defaults(func=run_finetune)
     return p
 
@@ -446,7 +456,7 @@ def run_finetune(args: argparse.Namespace) -> int:
                  batch_size=args.batch_size, val_fraction=args.val_fraction, seed=args.seed,
                  unfreeze_blocks=args.unfreeze_blocks, unfreeze_epochs=args.unfreeze_epochs,
                  class_weights=None if args.no_class_weights else "balanced", weights_path=args.weights,
-                 test_dir=args.test)
+                 test_dir=args.test, overwrite=args.overwrite)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as exc:
         print(f"cnnkit finetune: error: {exc}", file=sys.stderr)
         return 2

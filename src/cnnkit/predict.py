@@ -51,6 +51,8 @@ def _resize_normalize(images: Sequence[Any], meta: dict) -> np.ndarray:
     std = np.asarray(norm.get("std", [1.0]), dtype=np.float32).reshape(-1, 1, 1)
     if mean.shape[0] not in (1, c) or std.shape[0] not in (1, c):
         raise ValueError(f"predict: meta['normalize'] needs 1 or {c} values for mean and std, got {norm}")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        raise ValueError(f"predict: meta['normalize'] needs finite means and positive stds, got {norm}")
     out = np.empty((len(images), c, h, w), dtype=np.float32)
     for i, im in enumerate(images):
         pil = as_pil_image(im, name=f"images[{i}]").convert("L" if c == 1 else "RGB")
@@ -120,6 +122,8 @@ def _is_single_image(images: Any) -> bool:
 def predict_proba(model: Module, images: Sequence[Any], meta: dict | None = None,
                   batch_size: int = 16) -> np.ndarray:
     """Class probabilities, float32 (N, num_classes), the model in eval mode."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"predict: --batch-size / batch_size must be an integer >= 1, got {batch_size!r}")
     meta = resolve_meta(model, meta)
     if _is_single_image(images):
         images = [images]

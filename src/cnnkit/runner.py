@@ -25,6 +25,10 @@ from . import presets
 
 RUN_FILE = "run.json"
 LAST, BEST = "last.safetensors", "best.safetensors"
+# Every file a run writes into its folder: a folder holding any of them is someone's run,
+# replaced only with --overwrite (or continued with --resume).
+RUN_OUTPUTS = (RUN_FILE, LAST, BEST, "history.csv", "metrics.json", "curves.png", "confusion_matrix.png",
+               "predictions.png", "filters.png")
 # Settings that define a run; `--resume` refuses to change them (the result would not be the
 # continuation of the same run).
 RUN_KEYS = ("model", "dataset", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum",
@@ -55,21 +59,112 @@ def resolve_config(given: dict) -> dict:
     config.setdefault("seed", 0)
     config.setdefault("limit_train", None)
     config.setdefault("limit_test", None)
-    if config["scheduler"] not in ("onecycle", "cosine", "step", "none"):
-        raise ValueError(f"--scheduler must be onecycle, cosine, step or none, got {config['scheduler']!r}")
-    if config["optimizer"] not in ("sgd", "adam", "adamw"):
-        raise ValueError(f"--optimizer must be sgd, adam or adamw, got {config['optimizer']!r}")
-    if not 0 <= float(config["val_fraction"]) < 1:
-        raise ValueError(f"--val-fraction must be in [0, 1), got {config['val_fraction']}")
-    return {k: config.get(k) for k in RUN_KEYS}
+    config = {k: config.get(k) for k in RUN_KEYS}
+    validate_config(config)
+    return config
+
+
+def _number(value: Any, integer: bool) -> bool:
+    if isinstance(value, bool):
+        return False
+    if integer:
+        return isinstance(value, int)
+    return isinstance(value, (int, float)) and np.isfinite(value)
+
+
+# key -> (integer?, lowest, highest, lowest allowed?, highest allowed?, None allowed?)
+_RANGES = {
+    "epochs": (True, 1, None, True, True, False),
+    "batch_size": (True, 1, None, True, True, False),
+    "lr": (False, 0, None, False, True, False),
+    "weight_decay": (False, 0, None, True, True, True),
+    "momentum": (False, 0, 1, True, False, True),
+    "label_smoothing": (False, 0, 1, True, False, False),
+    "val_fraction": (False, 0, 1, True, False, False),
+    "seed": (True, 0, 2 ** 63 - 1, True, True, False),
+    "limit_train": (True, 1, None, True, True, True),
+    "limit_test": (True, 1, None, True, True, True),
+}
+
+
+def validate_config(config: dict, source: str | None = None) -> None:
+    """Check every setting of a run before anything is written or loaded.
+
+    Args:
+        config: the complete settings (RUN_KEYS).
+        source: the file the settings come from (a resumed run's run.json), or None for
+            command-line arguments.
+
+    Raises:
+        ValueError: one line naming the argument (and the file), the allowed range and the value.
+    """
+    where = f"{source}: " if source else ""
+    for key, (integer, low, high, low_ok, high_ok, none_ok) in _RANGES.items():
+        value = config.get(key)
+        flag = "--" + key.replace("_", "-")
+        if value is None and none_ok:
+            continue
+        kind = "an integer " if integer else ""
+        expected = f"{kind}{'>=' if low_ok else '>'} {low}" if high is None else \
+            f"{kind}in {'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}"
+        if not _number(value, integer) or (value < low if low_ok else value <= low) or \
+                (high is not None and (value > high if high_ok else value >= high)):
+            raise ValueError(f"{where}{flag} must be {expected}, got {value!r}")
+    for key, allowed in (("scheduler", ("onecycle", "cosine", "step", "none")),
+                         ("optimizer", ("sgd", "adam", "adamw"))):
+        if config.get(key) not in allowed:
+            raise ValueError(f"{where}--{key} must be {', '.join(allowed)}, got {config.get(key)!r}")
+    if not isinstance(config.get("augment"), bool):
+        raise ValueError(f"{where}--augment must be true or false, got {config.get('augment')!r}")
+    from .models import names
+
+    if config.get("model") not in names():
+        raise ValueError(f"{where}unknown model {config.get('model')!r}; available models: {', '.join(names())}")
+    presets.dataset_info(config.get("dataset"))
+
+
+def check_out_folder(out: str | os.PathLike, resume: bool, overwrite: bool) -> None:
+    """Refuse an output folder that would lose someone's data; writes nothing.
+
+    Args:
+        out: the ``--out`` folder.
+        resume: ``--resume`` (the folder must hold a run).
+        overwrite: ``--overwrite`` (replacing the run in the folder is wanted).
+
+    Raises:
+        ValueError / NotADirectoryError: one line naming the folder and the flags that apply.
+    """
+    out = Path(out)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: continue the run in "
+                         f"{out} or replace it, not both")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, expected a folder for the run's outputs")
+    if resume or overwrite or not out.is_dir():
+        return
+    present = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if present:
+        raise ValueError(f"--out {out} already holds a run ({', '.join(present[:4])}"
+                         f"{', ...' if len(present) > 4 else ''}); pass --resume to continue it, --overwrite to "
+                         "replace it, or choose another folder")
 
 
 def resume_config(out: str | os.PathLike, given: dict) -> dict:
     """The settings saved in ``out/run.json``; explicitly given ones must agree with them."""
     path = Path(out) / RUN_FILE
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot resume: {path} is a folder, expected the run's settings file")
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: {path} does not exist (no run was started in {out})")
-    saved = json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"cannot resume: {path} is not valid JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(saved, dict) or any(k not in saved for k in RUN_KEYS):
+        missing = [k for k in RUN_KEYS if not isinstance(saved, dict) or k not in saved]
+        raise ValueError(f"cannot resume: {path} must be an object with the run's settings, missing "
+                         f"{', '.join(missing[:6])}")
+    validate_config(saved, str(path))
     given = {k: v for k, v in given.items() if v is not None}
     if "dataset" in given:
         given["dataset"] = presets.dataset_info(given["dataset"])[0]
@@ -177,7 +272,7 @@ def build_scheduler(config: dict, optimizer, steps_per_epoch: int):
 
 # ---------------------------------------------------------------------------- the job
 def run_train(config: dict, out: str | os.PathLike, resume: bool = False, data_root=None,
-              verbose: int = 1, print_fn: Callable[[str], Any] = print) -> dict:
+              verbose: int = 1, print_fn: Callable[[str], Any] = print, overwrite: bool = False) -> dict:
     """Train, checkpoint, test and plot one run into ``out``.
 
     Args:
@@ -185,6 +280,9 @@ def run_train(config: dict, out: str | os.PathLike, resume: bool = False, data_r
         out: the output folder (created).
         resume: continue from ``out/last.safetensors`` when it exists.
         data_root: extra folder to look for datasets in.
+        overwrite: replace a run already in ``out`` (its output files are deleted once the new
+            run's settings, data and model are ready). Without it or ``resume``, a folder
+            holding a run is refused.
         verbose: passed to ``fit``.
         print_fn: where progress lines go.
 
@@ -193,16 +291,25 @@ def run_train(config: dict, out: str | os.PathLike, resume: bool = False, data_r
         was stopped by Ctrl-C (a resumable checkpoint was saved).
     """
     from . import manual_seed, nn
-    from .io.atomic import atomic_write_text
+    from .io.atomic import atomic_write_text, remove_stale_temps
     from .train import CSVLogger, ModelCheckpoint, TrainingInterrupted, fit
 
     t_start = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / RUN_FILE, json.dumps(config, indent=2) + "\n")
+    # Everything that can fail on the user's input fails before the folder is touched.
+    validate_config(config)
+    check_out_folder(out, resume, overwrite)
     manual_seed(int(config["seed"]))
     d = build_data(config, data_root)
     model = build_model(config["model"], len(d["classes"]), d["input_shape"])
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)  # left by a run killed in the middle of a write
+    if overwrite:
+        for name in RUN_OUTPUTS:
+            if (out / name).is_file():
+                (out / name).unlink()
+    if not (resume and (out / RUN_FILE).is_file()):
+        atomic_write_text(out / RUN_FILE, json.dumps(config, indent=2) + "\n")
     optimizer = build_optimizer(config, model.parameters())
     scheduler = build_scheduler(config, optimizer, len(d["train"]))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(config["label_smoothing"]))
@@ -277,8 +384,7 @@ def _finish(config, out: Path, model, loss_fn, history, d, best_cb, t_start, pri
     if weight is not None:
         plots.plot_filters(weight, out / "filters.png")
     correct = int(round(result["accuracy"] * result["num_samples"]))
-    print_fn(f"wrote {out}: {LAST}, {BEST}, history.csv, metrics.json, curves.png, confusion_matrix.png, "
-             f"predictions.png, filters.png")
+    print_fn(f"wrote {out}: {', '.join(name for name in RUN_OUTPUTS[1:] if (out / name).is_file())}")
     print_fn(f"test accuracy: {100 * result['accuracy']:.2f}% ({correct}/{result['num_samples']}), "
              f"test loss {result['loss']:.4f} [{used}]")
     return metrics

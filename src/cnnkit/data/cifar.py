@@ -30,6 +30,12 @@ TRAIN_FILES = [f"data_batch_{k}.bin" for k in range(1, 6)]
 TEST_FILES = ["test_batch.bin"]
 META_FILE = "batches.meta.txt"
 RECORD = 1 + 3 * 32 * 32
+# Documented limits: a batch file holds at most the whole dataset (60000 records; the official
+# files hold 10000), the class-name file at most 64 KiB. A tar header (long names, pax records)
+# may take at most 1 MiB: no archive member is decompressed past these sizes.
+MAX_BATCH_BYTES = 60000 * RECORD
+MAX_META_BYTES = 64 << 10
+MAX_TAR_HEADER_READ = 1 << 20
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -54,16 +60,50 @@ def _extracted_dir(folder: Path, files: list[str]) -> Path | None:
     return None
 
 
+def _member_limit(base: str) -> int:
+    return MAX_META_BYTES if base == META_FILE else MAX_BATCH_BYTES
+
+
+class _BoundedReads:
+    """A file object for ``tarfile`` whose reads may not ask for more than ``cap`` bytes:
+    tarfile reads a long-name or pax header of the size its header declares in one call, and
+    a 1.5 MB archive could declare gigabytes. Member data is read with ``cap`` raised to the
+    member's size, after that size was checked."""
+
+    def __init__(self, f, name: str):
+        self._f, self._name, self.cap = f, name, MAX_TAR_HEADER_READ
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > self.cap:
+            raise DataFormatError(f"{self._name}: a tar header asks to read {n} bytes at once, more than the "
+                                  f"{self.cap} allowed (corrupt or hostile archive)")
+        return self._f.read(n)
+
+    def __getattr__(self, attr):  # seek, tell, close ...
+        return getattr(self._f, attr)
+
+
 def _read_archive(archive: Path, files: list[str]) -> dict[str, bytes]:
     """The wanted members (matched by base name) of the archive, read in memory."""
     wanted = set(files) | {META_FILE}
     found: dict[str, bytes] = {}
     try:
-        with tarfile.open(archive, "r:gz") as tf:
-            for member in tf:
-                base = member.name.rsplit("/", 1)[-1]
-                if member.isfile() and base in wanted and base not in found:
-                    found[base] = tf.extractfile(member).read()
+        with gzip.open(archive, "rb") as gz:
+            bounded = _BoundedReads(gz, archive.name)
+            with tarfile.open(fileobj=bounded, mode="r:") as tf:
+                for member in tf:
+                    base = member.name.rsplit("/", 1)[-1]
+                    if member.isfile() and base in wanted and base not in found:
+                        if member.size > _member_limit(base):
+                            raise DataFormatError(
+                                f"{archive.name}: member {member.name} declares {member.size} bytes, more than "
+                                f"the {_member_limit(base)} a CIFAR-10 {'class-name' if base == META_FILE else 'batch'} "
+                                "file can hold")
+                        bounded.cap = max(member.size, MAX_TAR_HEADER_READ)
+                        try:
+                            found[base] = tf.extractfile(member).read()
+                        finally:
+                            bounded.cap = MAX_TAR_HEADER_READ
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
         raise DataFormatError(f"{archive.name}: not a readable tar.gz archive "
                               f"({type(e).__name__}: {e})") from None
@@ -72,6 +112,14 @@ def _read_archive(archive: Path, files: list[str]) -> dict[str, bytes]:
         raise DataFormatError(f"{archive.name}: members {missing} missing (expected "
                               f"{SUBDIR}/{{{', '.join(files)}}})")
     return found
+
+
+def _read_file(path: Path) -> bytes:
+    size = path.stat().st_size
+    if size > _member_limit(path.name):
+        raise DataFormatError(f"{path}: {size} bytes, more than the {_member_limit(path.name)} a CIFAR-10 "
+                              f"{'class-name' if path.name == META_FILE else 'batch'} file can hold")
+    return path.read_bytes()
 
 
 class CIFAR10(Dataset):
@@ -105,10 +153,10 @@ class CIFAR10(Dataset):
             urls=[URL], needed=[f"{SUBDIR}/{', '.join(files)} or {ARCHIVE}"])
         extracted = _extracted_dir(self.root, files)
         if extracted is not None:
-            blobs = {f: (extracted / f).read_bytes() for f in files}
+            blobs = {f: _read_file(extracted / f) for f in files}
             meta = extracted / META_FILE
             if meta.is_file():
-                blobs[META_FILE] = meta.read_bytes()
+                blobs[META_FILE] = _read_file(meta)
         else:
             blobs = _read_archive(self.root / ARCHIVE, files)
         parts = [parse_batch(blobs[f], f) for f in files]

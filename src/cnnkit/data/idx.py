@@ -10,6 +10,7 @@ whose message starts with the file name.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -41,16 +42,19 @@ def _open(path: Path):
     return open(path, "rb")
 
 
-def _read_exactly(f, out: np.ndarray) -> int:
-    """Fill ``out`` (a uint8 buffer) from ``f``; return how many bytes were available."""
-    view = memoryview(out).cast("B")
-    got = 0
-    while got < len(view):
-        n = f.readinto(view[got:])
-        if not n:
+_CHUNK = 1 << 20
+
+
+def _read_up_to(f, expected: int) -> bytearray:
+    """Up to ``expected`` bytes of ``f``, read in chunks: memory grows with the bytes the file
+    really holds, never with what its header claims (a gzip stream's size is unknown up front)."""
+    buf = bytearray()
+    while len(buf) < expected:
+        chunk = f.read(min(_CHUNK, expected - len(buf)))
+        if not chunk:
             break
-        got += n
-    return got
+        buf += chunk
+    return buf
 
 
 def read_idx(path: str | os.PathLike, kind: str | None = None) -> np.ndarray:
@@ -71,6 +75,8 @@ def read_idx(path: str | os.PathLike, kind: str | None = None) -> np.ndarray:
     path = Path(path)
     if kind is not None and kind not in _KIND_MAGIC:
         raise ValueError(f"read_idx: kind must be 'images', 'labels' or None, got {kind!r}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, expected an IDX file")
     try:
         with _open(path) as f:
             return _parse(f, path.name, kind)
@@ -101,9 +107,9 @@ def _parse(f, name: str, kind: str | None) -> np.ndarray:
                               f"({4 * ndim} bytes), found {len(dims_bytes)} bytes")
     shape = tuple(int(d) for d in np.frombuffer(dims_bytes, dtype=">u4"))
     dtype = _DTYPES[dtype_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    buf = np.empty(expected, dtype=np.uint8)
-    got = _read_exactly(f, buf)
+    expected = math.prod(shape) * dtype.itemsize  # exact: no int64 overflow for 255 huge dims
+    data = _read_up_to(f, expected)
+    got = len(data)
     declared = "x".join(map(str, shape))
     if got < expected:
         raise DataFormatError(f"{name}: truncated: header declares {declared} = {expected} "
@@ -111,7 +117,7 @@ def _parse(f, name: str, kind: str | None) -> np.ndarray:
     if f.read(1):
         raise DataFormatError(f"{name}: header declares {declared} = {expected} bytes of data, "
                               f"but the file has more (trailing bytes)")
-    arr = buf.view(dtype).reshape(shape)
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     return arr if dtype.isnative or dtype.itemsize == 1 else arr.astype(dtype.newbyteorder("="))
 
 
@@ -136,4 +142,6 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
         compress = path.suffix == ".gz"
     if compress:
         payload = gzip.compress(payload, mtime=0)
-    path.write_bytes(payload)
+    from ..io.atomic import atomic_write_bytes
+
+    atomic_write_bytes(path, payload)

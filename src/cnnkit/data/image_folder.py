@@ -35,6 +35,24 @@ def _size_hw(image_size) -> tuple[int, int] | None:
     return h, w
 
 
+def high_depth_to_8bit(img):
+    """A 16-bit greyscale PIL image (modes ``I;16*`` and ``I``, what Pillow makes of a 16-bit
+    PNG or TIFF) as an 8-bit ``L`` image keeping its top 8 bits; any other image unchanged.
+
+    Pillow's ``convert("L")`` / ``convert("RGB")`` clips such images at 255 instead of scaling
+    them, so everything above 1/256 of full scale turns white. Pillow itself reads 16-bit RGB
+    files by keeping the top 8 bits; this does the same for greyscale.
+    """
+    from PIL import Image
+
+    if not (img.mode.startswith("I;16") or img.mode == "I"):
+        return img
+    arr = np.asarray(img)
+    if arr.dtype.byteorder not in ("=", "|"):
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8), mode="L")
+
+
 def decode_image(path: str | os.PathLike, size_hw: tuple[int, int] | None = None,
                  grayscale: bool = False) -> np.ndarray:
     """Decode one image file to uint8 ``(H, W, 3)`` (``(H, W)`` when grayscale).
@@ -51,7 +69,7 @@ def decode_image(path: str | os.PathLike, size_hw: tuple[int, int] | None = None
 
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if grayscale else "RGB")  # convert() forces a full decode
+            img = high_depth_to_8bit(img).convert("L" if grayscale else "RGB")  # convert() forces a full decode
             if size_hw is not None and img.size != (size_hw[1], size_hw[0]):
                 img = img.resize((size_hw[1], size_hw[0]), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8)

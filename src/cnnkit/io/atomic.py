@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import time
 from typing import BinaryIO, Iterator
+
+# ".<target name>.<12 hex digits>.tmp": the temporary files atomic_open creates.
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 
 
 def _check_folder(path: str) -> str:
@@ -57,18 +62,70 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     folder = _check_folder(path)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
     # O_EXCL: never reuse someone else's file; mode 0o666 lets the umask decide, as open() does.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as exc:
+        raise _naming(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            try:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:
+                raise _naming(exc, path) from exc
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _naming(exc, path) from exc
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_folder(folder)
+
+
+def _naming(exc: OSError, path: str) -> OSError:
+    """The same kind of OSError, its message naming the file (``No space left on device``
+    alone does not say which save failed)."""
+    if path in str(exc):
+        return exc
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    new = type(exc)(exc.errno, f"cannot write {path}: {reason}") if exc.errno else \
+        OSError(f"cannot write {path}: {reason}")
+    return new
+
+
+def remove_stale_temps(folder: str | os.PathLike, older_than: float = 0.0) -> list[str]:
+    """Delete the temporary files that interrupted atomic writes left in ``folder``.
+
+    A process killed between writing and renaming (SIGKILL, power loss) cannot clean up
+    after itself; its ``.<name>.<12 hex>.tmp`` file stays behind. Call this when the folder is
+    yours again (e.g. a resumed run). Only names of that exact pattern are touched.
+
+    Args:
+        folder: the folder to clean.
+        older_than: only files last modified more than this many seconds ago.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    folder = os.fspath(folder)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        if not _TEMP_NAME.match(name):
+            continue
+        path = os.path.join(folder, name)
+        with contextlib.suppress(OSError):
+            if os.path.isfile(path) and now - os.path.getmtime(path) >= older_than:
+                os.unlink(path)
+                removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> None:

@@ -179,10 +179,20 @@ def _looks_like(data: bytes) -> str:
     return ""
 
 
+def require_file(path: str | os.PathLike, what: str) -> str:
+    """``path`` as a string when it is an existing file; else a one-line error saying whether
+    it is missing or a folder."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what}: {path} is a folder, expected a file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what}: no such file: {path}")
+    return path
+
+
 def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Validate and read a safetensors file: (tensors in file order, metadata)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    require_file(path, "checkpoint")
     with open(path, "rb") as f:
         data = f.read()
     prefix = f"{path} is not a valid safetensors checkpoint:"
@@ -196,6 +206,8 @@ def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]
         )
     try:
         header = json.loads(data[8:8 + n])
+    except RecursionError:
+        raise CheckpointError(f"{prefix} the header is nested too deeply to be a safetensors header") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{prefix} the header is not valid JSON ({exc}); the file is corrupt or was "
                               f"tampered with.{_looks_like(data)}") from exc
@@ -227,9 +239,75 @@ def _json_field(metadata: dict[str, str], key: str, path: str) -> Any:
         return None
     try:
         return json.loads(metadata[key])
+    except RecursionError:
+        raise CheckpointError(f"{path}: metadata field {key!r} is nested too deeply (the file is corrupt or was "
+                              "tampered with)") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: metadata field {key!r} is not valid JSON ({exc}); the file is corrupt "
                               "or was tampered with") from exc
+
+
+def _typed_field(metadata: dict[str, str], key: str, path: str, kind: type, expected: str) -> Any:
+    """A JSON metadata field that must be ``kind`` (or absent / null)."""
+    value = _json_field(metadata, key, path)
+    if value is not None and not isinstance(value, kind):
+        raise CheckpointError(f"{path}: metadata field {key!r} must be {expected}, found a JSON "
+                              f"{_json_type(value)}; the file is corrupt or was tampered with")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _check_config(config: dict | None, path: str) -> dict | None:
+    if config is None:
+        return None
+    if not isinstance(config.get("name"), str) or not isinstance(config.get("kwargs") or {}, dict):
+        raise CheckpointError(f"{path}: metadata field 'config' must be {{\"name\": string, \"kwargs\": object}}, "
+                              f"found {json.dumps(config)[:200]}")
+    return config
+
+
+def check_meta(meta: dict, path: str) -> dict:
+    """Validate the fields of a checkpoint's ``meta`` that cnnkit itself uses (``epoch``,
+    ``classes``, ``input_shape``, ``normalize``); other fields are the user's and pass as they are.
+
+    Raises:
+        CheckpointError: one line naming the file, the field, what was expected and what was found.
+    """
+    from .limits import MAX_CLASSES, check_input_shape
+
+    def bad(field: str, expected: str, found: Any) -> CheckpointError:
+        return CheckpointError(f"{path}: meta[{field!r}] must be {expected}, found {json.dumps(found)[:200]}")
+
+    epoch = meta.get("epoch")
+    if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
+        raise bad("epoch", "an integer >= 0", epoch)
+    classes = meta.get("classes")
+    if classes is not None and (not isinstance(classes, list) or not 0 < len(classes) <= MAX_CLASSES
+                                or not all(isinstance(c, str) for c in classes)):
+        raise bad("classes", f"a list of 1 to {MAX_CLASSES} strings", classes)
+    shape = meta.get("input_shape")
+    if shape is not None:
+        try:
+            check_input_shape(shape, f"{path}: meta['input_shape']")
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+    norm = meta.get("normalize")
+    if norm is not None:
+        if not isinstance(norm, dict):
+            raise bad("normalize", '{"mean": [...], "std": [...]}', norm)
+        for key in ("mean", "std"):
+            values = norm.get(key)
+            values = [values] if isinstance(values, (int, float)) and not isinstance(values, bool) else values
+            if not isinstance(values, list) or not values or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values):
+                raise bad(f"normalize.{key}", "a non-empty list of finite numbers", norm.get(key))
+            if key == "std" and min(values) <= 0:
+                raise bad("normalize.std", "positive numbers (each channel is divided by its std)", norm.get(key))
+    return meta
 
 
 def _writable(arr: np.ndarray) -> np.ndarray:
@@ -269,15 +347,16 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if group not in groups or not key:
             raise CheckpointError(f"{path}: unexpected tensor {name!r} in a cnnkit checkpoint")
         groups[group][key] = _writable(arr)
-    keys = _json_field(metadata, "model_keys", path) or []
-    model_sd = {k: groups["model"][k] for k in keys if k in groups["model"]}
+    keys = _typed_field(metadata, "model_keys", path, list, "a list of strings") or []
+    model_sd = {k: groups["model"][k] for k in keys if isinstance(k, str) and k in groups["model"]}
     model_sd.update(groups["model"])  # anything not listed keeps file order, after the listed keys
     return Checkpoint(
         state_dict=model_sd,
-        config=_json_field(metadata, "config", path),
-        optimizer_state=_optimizer_state(_json_field(metadata, "optimizer", path), groups["optimizer"], path),
-        scheduler_state=_json_field(metadata, "scheduler", path),
-        meta=_json_field(metadata, "meta", path) or {},
+        config=_check_config(_typed_field(metadata, "config", path, dict, "an object"), path),
+        optimizer_state=_optimizer_state(_typed_field(metadata, "optimizer", path, dict, "an object"),
+                                         groups["optimizer"], path),
+        scheduler_state=_typed_field(metadata, "scheduler", path, dict, "an object"),
+        meta=check_meta(_typed_field(metadata, "meta", path, dict, "an object") or {}, path),
         extra=groups["extra"],
         cnnkit_version=metadata.get("cnnkit_version"),
     )
@@ -293,7 +372,10 @@ def _optimizer_state(plain: dict | None, arrays: dict[str, np.ndarray], path: st
         for key, arr in arrays.items():
             index, _, name = key.partition(".")
             state.setdefault(int(index), {})[name] = arr
-        return {"state": dict(sorted(state.items())), "param_groups": plain["param_groups"]}
+        groups = plain["param_groups"]
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise TypeError(f"param_groups must be a list of objects, found {_json_type(groups)}")
+        return {"state": dict(sorted(state.items())), "param_groups": groups}
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: malformed optimizer state ({exc!r})") from exc
 
@@ -344,11 +426,38 @@ def load(path: str | os.PathLike, model: Any = None, strict: bool = True, weight
             from .._tensor import Tensor
 
             return OrderedDict((k, Tensor._wrap(v)) for k, v in ckpt.state_dict.items())
-        models = import_module("cnnkit.models")
-        model = models.create(ckpt.config["name"], **(ckpt.config.get("kwargs") or {}))
+        model = _rebuild(ckpt, path)
     try:
         model.load_state_dict(ckpt.state_dict, strict=strict)
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: the weights do not fit the model: {exc}") from exc
     model.checkpoint_meta = ckpt.meta
     return model
+
+
+def _rebuild(ckpt: Checkpoint, path: str) -> Any:
+    """``cnnkit.models.create`` from the stored config, once its sizes are known to be sane.
+
+    The config is text in the file: ``num_classes = 10**9`` would build a model of gigabytes
+    before the weights are even compared. Every integer setting (and the sum of an integer
+    list, e.g. ResNet's blocks per stage) must therefore be at most the largest dimension of
+    the weights the file actually stores -- a class count, a channel count, a width or a depth
+    never exceeds the widest tensor of a real model of that architecture.
+    """
+    name, kwargs = ckpt.config["name"], dict(ckpt.config.get("kwargs") or {})
+    largest = max((max(a.shape, default=1) for a in ckpt.state_dict.values()), default=0)
+    for key, value in kwargs.items():
+        ints = [value] if isinstance(value, int) and not isinstance(value, bool) else \
+            value if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value) \
+            else None
+        if ints is not None and sum(abs(v) for v in ints) > largest:
+            raise CheckpointError(
+                f"{path}: the architecture config asks for {key}={value}, larger than any dimension of the weights "
+                f"the file holds (largest {largest}); the file is corrupt or was tampered with")
+    models = import_module("cnnkit.models")
+    try:
+        return models.create(name, **kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise CheckpointError(f"{path}: cannot rebuild the model from its config {json.dumps(ckpt.config)[:200]}: "
+                              f"{message}") from None

@@ -26,17 +26,37 @@ them into arrays once the storages can be read.
 from __future__ import annotations
 
 import io
+import math
 import pickle
+import pickletools
 from collections import OrderedDict
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from .limits import MAX_NESTING
 from .torch_dtypes import DTYPES, STORAGE_CLASSES, UNTYPED_STORAGE, TorchDType, widen
 
 
 class TorchFileError(ValueError):
     """A PyTorch file that cannot be read: unsafe, corrupt, truncated or unsupported."""
+
+
+class _PickledOrderedDict(OrderedDict):
+    """What the pickle gets for ``collections.OrderedDict``.
+
+    torch pickles a state dict's ``_metadata`` through the BUILD opcode, which sets attributes
+    on the instance. Set freely, such an attribute could shadow a method (``items``, ``keys``)
+    and change what the reader sees; like ``torch.load(weights_only=True)`` this accepts only a
+    dict state, and it keeps nothing of it (the metadata is torch's own bookkeeping).
+    """
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise TorchFileError(f"BUILD of an OrderedDict needs a dict of attributes, found {type(state).__name__}")
+        shadowing = [k for k in state if hasattr(OrderedDict, k)]
+        if shadowing:
+            raise TorchFileError(f"BUILD of an OrderedDict may not set {shadowing[:5]} (names of its methods)")
 
 
 class StorageType(NamedTuple):
@@ -122,7 +142,7 @@ def _device(kind, index=None) -> str:
 
 
 _FUNCTIONS: dict[str, Callable] = {
-    "collections.OrderedDict": OrderedDict,
+    "collections.OrderedDict": _PickledOrderedDict,
     "torch._utils._rebuild_tensor": _rebuild_tensor,
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
     "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
@@ -210,10 +230,28 @@ class RestrictedUnpickler(pickle.Unpickler):
         return ref
 
 
-def unpickle(data: bytes | io.BufferedIOBase, source: str, storages: dict | None = None) -> Any:
-    """Run the restricted unpickler on ``data`` (bytes or a file positioned at the pickle);
-    every failure becomes a ``TorchFileError`` naming ``source``."""
+def _check_lengths(file: io.BytesIO, source: str) -> None:
+    """Walk the opcodes of the pickle at ``file``'s position (``pickletools``, which reads each
+    argument with a bounded ``read``) so that no length field larger than the bytes behind it
+    reaches the C unpickler, which allocates a declared ``BINBYTES8`` / ``BYTEARRAY8`` length
+    before reading. ``file`` is put back where it was."""
+    start = file.tell()
+    try:
+        for _ in pickletools.genops(file):
+            pass
+    except Exception as exc:  # pickletools raises ValueError (truncated) or others (unknown opcode)
+        raise TorchFileError(f"{source}: corrupt or truncated pickle data ({exc})") from None
+    finally:
+        file.seek(start)
+
+
+def unpickle(data: bytes | io.BytesIO, source: str, storages: dict | None = None) -> Any:
+    """Run the restricted unpickler on ``data`` (bytes, or an in-memory file positioned at the
+    pickle: it is left just after it); every failure becomes a ``TorchFileError`` naming ``source``."""
     file = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    if not isinstance(file, io.BytesIO):
+        raise TypeError("unpickle: data must be bytes or an io.BytesIO (its lengths are checked in memory)")
+    _check_lengths(file, source)
     try:
         return RestrictedUnpickler(file, source, storages).load()
     except TorchFileError as exc:
@@ -243,18 +281,33 @@ def tensor_from_storage(ref: TensorRef, data: np.ndarray, byteorder: str, source
     if any(s < 0 for s in ref.size) or any(s < 0 for s in ref.stride) or ref.offset < 0:
         raise TorchFileError(f"{source}: negative size / stride / offset in tensor {ref.size} {ref.stride} "
                              f"offset {ref.offset}")
-    if 0 in ref.size:
-        return np.empty(ref.size, dtype=ref.dtype.out)
-    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
-    if last >= raw.size:
-        raise TorchFileError(
-            f"{source}: tensor of size {ref.size}, stride {ref.stride}, offset {ref.offset} reaches element "
-            f"{last}, beyond storage '{storage.key}' of {raw.size} elements"
+    numel = math.prod(ref.size)
+    try:
+        if numel == 0:
+            return np.empty(ref.size, dtype=ref.dtype.out)
+        last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
+        if last >= raw.size:
+            raise TorchFileError(
+                f"{source}: tensor of size {ref.size}, stride {ref.stride}, offset {ref.offset} reaches element "
+                f"{last}, beyond storage '{storage.key}' of {raw.size} elements"
+            )
+        if numel > last - ref.offset + 1:
+            # Overlapping elements (a stride of 0: torch's expand()): a C-contiguous copy could be
+            # far larger than the bytes in the file, so return a read-only view of a private copy
+            # of the storage span instead, as torch shares the storage.
+            span = raw[ref.offset:last + 1].astype(dtype.newbyteorder("="))
+            span = widen(span, ref.dtype)
+            return np.lib.stride_tricks.as_strided(span, shape=ref.size, writeable=False,
+                                                   strides=tuple(s * span.itemsize for s in ref.stride))
+        view = np.lib.stride_tricks.as_strided(
+            raw[ref.offset:], shape=ref.size, strides=tuple(s * raw.itemsize for s in ref.stride), writeable=False
         )
-    view = np.lib.stride_tricks.as_strided(
-        raw[ref.offset:], shape=ref.size, strides=tuple(s * raw.itemsize for s in ref.stride), writeable=False
-    )
-    out = np.array(view, dtype=dtype.newbyteorder("="), order="C", copy=True)
+        out = np.array(view, dtype=dtype.newbyteorder("="), order="C", copy=True)
+    except TorchFileError:
+        raise
+    except (ValueError, OverflowError, MemoryError) as exc:  # more than 64 dimensions, sizes past int64
+        raise TorchFileError(f"{source}: tensor of size {ref.size}, stride {ref.stride} cannot be built "
+                             f"({type(exc).__name__}: {exc})") from None
     return widen(out, ref.dtype)
 
 
@@ -269,28 +322,44 @@ def materialize(obj: Any, read_storage: Callable[[StorageRef], np.ndarray], byte
     """
     cache: dict[str, np.ndarray] = {}
     busy: set[int] = set()
+    # One result per source object: a pickle may reference an object many times (its memo),
+    # e.g. lists each holding the previous one twice; converting every reference anew would
+    # take time and memory exponential in the file's size.
+    done: dict[int, Any] = {}
 
-    def walk(x: Any) -> Any:
+    def walk(x: Any, depth: int) -> Any:
         if isinstance(x, TensorRef):
-            key = x.storage.key
-            if key not in cache:
-                cache[key] = read_storage(x.storage)
-            return tensor_from_storage(x, cache[key], byteorder, source)
+            if id(x) not in done:
+                key = x.storage.key
+                if key not in cache:
+                    cache[key] = read_storage(x.storage)
+                done[id(x)] = tensor_from_storage(x, cache[key], byteorder, source)
+            return done[id(x)]
         if isinstance(x, TorchDType):  # a torch dtype kept as a value, e.g. in a config dict
             return x.name
         if isinstance(x, _STAND_INS):  # checked before the container case: stand-ins are tuples too
             raise TorchFileError(f"{source}: a bare {type(x).__name__} outside a tensor is not supported")
         if isinstance(x, (dict, list, tuple)):
+            if id(x) in done:
+                return done[id(x)]
             if id(x) in busy:
                 raise TorchFileError(f"{source}: the pickle contains a cyclic structure")
+            if depth >= MAX_NESTING:
+                raise TorchFileError(f"{source}: containers nested more than {MAX_NESTING} deep (a state dict "
+                                     "is a few levels deep); the file is corrupt or hostile")
             busy.add(id(x))
             try:
                 if isinstance(x, dict):
-                    return (OrderedDict if isinstance(x, OrderedDict) else dict)((k, walk(v)) for k, v in x.items())
-                items = [walk(v) for v in x]
-                return items if isinstance(x, list) else tuple(items)
+                    # dict.items, not x.items: nothing in the pickle can redirect the call.
+                    out = (OrderedDict if isinstance(x, OrderedDict) else dict)(
+                        (k, walk(v, depth + 1)) for k, v in dict.items(x))
+                else:
+                    items = [walk(v, depth + 1) for v in x]
+                    out = items if isinstance(x, list) else tuple(items)
             finally:
                 busy.discard(id(x))
+            done[id(x)] = out
+            return out
         return x
 
-    return walk(obj)
+    return walk(obj, 0)

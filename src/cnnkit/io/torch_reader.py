@@ -15,12 +15,17 @@ C-contiguous NumPy copies with their dtype, sizes, strides and storage offsets h
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import zipfile
+import zlib
 from typing import Any, Sequence
 
 import numpy as np
 
+from .checkpoint import require_file
+from .limits import MAX_DEFLATE_RATIO
 from .torch_pickle import StorageRef, TorchFileError, materialize, unpickle
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -49,9 +54,7 @@ def read_torch(path: str | os.PathLike) -> Any:
         TorchFileError: not a PyTorch file, a refused global (e.g. ``os.system``), corrupt or
             truncated data; the message names the file.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"load_torch: no such file: {path}")
+    path = require_file(path, "load_torch")
     with open(path, "rb") as f:
         head = f.read(4)
     if head.startswith(b"PK\x03\x04"):
@@ -121,6 +124,22 @@ def _check_size(path: str, ref: StorageRef, got: int) -> None:
         )
 
 
+def _read_member(zf: zipfile.ZipFile, name: str, path: str) -> bytes:
+    """A member's bytes, its declared size checked before anything is decompressed against
+    what its compressed bytes can hold (stored: the same size; deflated: at most
+    MAX_DEFLATE_RATIO times); never more than the declared size is decompressed."""
+    info = zf.getinfo(name)
+    ratio = 1 if info.compress_type == zipfile.ZIP_STORED else MAX_DEFLATE_RATIO
+    if info.file_size > ratio * info.compress_size + 64:
+        raise TorchFileError(f"{path}: record {name} declares {info.file_size} bytes from {info.compress_size} "
+                             f"stored bytes, more than its compression allows (corrupt or hostile file)")
+    with zf.open(info) as f:
+        data = f.read(info.file_size + 1)  # never more than declared (+1 to detect a lie)
+    if len(data) != info.file_size:
+        raise TorchFileError(f"{path}: record {name} declares {info.file_size} bytes, holds {len(data)}")
+    return data
+
+
 def _read_zip(path: str) -> Any:
     try:
         with zipfile.ZipFile(path) as zf:
@@ -133,31 +152,41 @@ def _read_zip(path: str) -> Any:
             prefix = pickles[0][: -len("data.pkl")]
             byteorder = "<"
             if prefix + "byteorder" in names:
-                order = zf.read(prefix + "byteorder").decode("ascii", "replace").strip()
+                order = _read_member(zf, prefix + "byteorder", path)[:16].decode("ascii", "replace").strip()
                 if order not in ("little", "big"):
                     raise TorchFileError(f"{path}: unknown byteorder record {order!r}, expected 'little' or 'big'")
                 byteorder = "<" if order == "little" else ">"
-            obj = unpickle(zf.read(pickles[0]), path)
+            obj = unpickle(_read_member(zf, pickles[0], path), path)
 
             def read_storage(ref: StorageRef) -> np.ndarray:
                 name = f"{prefix}data/{ref.key}"
                 if name not in names:
                     raise TorchFileError(f"{path}: storage record {name} is missing")
-                data = zf.read(name)
+                _check_size(path, ref, zf.getinfo(name).file_size)  # before decompressing anything
+                data = _read_member(zf, name, path)
                 _check_size(path, ref, len(data))
                 return np.frombuffer(data, dtype=np.uint8)
 
             return materialize(obj, read_storage, byteorder, path)
+    except TorchFileError:
+        raise
     except zipfile.BadZipFile as exc:
         raise TorchFileError(f"{path}: corrupt or truncated zip archive ({exc})") from exc
-    except (EOFError, OSError) as exc:
-        raise TorchFileError(f"{path}: truncated or unreadable archive ({exc})") from exc
+    # What zipfile raises for damaged archives besides BadZipFile: undecodable member names
+    # (UnicodeDecodeError), unsupported or encrypted members, cut streams, bad header fields.
+    except (EOFError, OSError, zlib.error, NotImplementedError, RuntimeError, ValueError, struct.error,
+            OverflowError) as exc:
+        raise TorchFileError(f"{path}: truncated or unreadable archive ({type(exc).__name__}: {exc})") from exc
 
 
 def _read_legacy(path: str) -> Any:
     storages: dict[str, StorageRef] = {}
-    file_size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    with open(path, "rb") as raw_file:
+        # In memory: the file's own size bounds every read, and the pickles' length fields are
+        # checked against the bytes that follow them (torch_pickle.unpickle).
+        content = raw_file.read()
+    file_size = len(content)
+    with io.BytesIO(content) as f:
         magic = unpickle(f, path)
         if magic != LEGACY_MAGIC:
             raise TorchFileError(f"{path}: not a PyTorch file (a pickle without the legacy magic number)")

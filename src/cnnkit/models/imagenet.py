@@ -37,15 +37,19 @@ def as_pil_image(image: ImageLike, name: str = "image") -> Image.Image:
             (H, W), (H, W, 3) or (H, W, 4) that is uint8 (0..255) or floating in [0, 1].
         name: how to call the argument in error messages.
     """
+    from ..data.image_folder import high_depth_to_8bit  # 16-bit greyscale: top 8 bits, not clipped
+
     if isinstance(image, Image.Image):
-        return image
+        return high_depth_to_8bit(image)
     if isinstance(image, (str, os.PathLike)):
+        if os.path.isdir(image):
+            raise IsADirectoryError(f"{name}: {os.fspath(image)} is a folder, expected an image file")
         if not os.path.isfile(image):
             raise FileNotFoundError(f"{name}: no such image file: {os.fspath(image)}")
         try:
             with Image.open(image) as im:
                 im.load()
-                return im
+                return high_depth_to_8bit(im)
         except Exception as exc:
             raise ValueError(f"{name}: cannot read {os.fspath(image)} as an image: {exc}") from exc
     arr = np.asarray(image)

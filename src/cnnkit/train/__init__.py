@@ -14,10 +14,10 @@ from importlib import import_module
 # Imported eagerly, not lazily: the function ``fit`` shares its name with the submodule
 # ``fit.py``, and a lazy import would let the submodule shadow the function.
 from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, write_history_csv
-from .fit import TrainingInterrupted, TrainingLoop, evaluate, fit
+from .fit import TrainingDiverged, TrainingInterrupted, TrainingLoop, evaluate, fit
 from .history import History
 
-__all__ = ["fit", "evaluate", "TrainingInterrupted", "TrainingLoop", "History", "Callback",
+__all__ = ["fit", "evaluate", "TrainingInterrupted", "TrainingDiverged", "TrainingLoop", "History", "Callback",
            "ModelCheckpoint", "EarlyStopping", "CSVLogger", "write_history_csv", "metrics"]
 
 

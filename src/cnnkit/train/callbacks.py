@@ -59,7 +59,10 @@ def _resolve_mode(owner: str, monitor: str, mode: str) -> str:
 
 def _monitored_value(owner: str, monitor: str, logs: dict) -> float:
     value = logs.get(monitor)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if isinstance(value, float) and math.isnan(value):
+        raise ValueError(f"{owner}: monitor={monitor!r} is nan this epoch; a NaN cannot be compared with the "
+                         "best value so far")
+    if value is None:
         available = ", ".join(k for k, v in logs.items() if isinstance(v, (int, float))) or "none"
         raise ValueError(
             f"{owner}: monitor={monitor!r} is not among this epoch's metrics ({available}); "
@@ -277,4 +280,6 @@ def write_history_csv(history, filename: str | os.PathLike, separator: str = ","
 
 
 def _csv_number(value: float) -> str:
-    return "" if math.isnan(value) else repr(float(value))
+    # NaN (a diverged value, or a metric an epoch did not have) is written as "nan", which
+    # csv readers and pandas parse back; an empty cell would hide it.
+    return repr(float(value))

@@ -14,6 +14,7 @@ that it ends with bit-for-bit the same weights as a run that was never interrupt
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -31,6 +32,28 @@ from .progress import EpochProgress, format_epoch_line
 
 # Schedulers whose documented use is one step per batch.
 _STEP_SCHEDULERS = {"OneCycleLR", "CyclicLR"}
+
+
+class TrainingDiverged(ValueError):
+    """Raised by :func:`fit` when the loss (or a weight) stops being a finite number.
+
+    Nothing of the diverged epoch is saved: the checkpoints on disk stay those of the last
+    good epoch (``last_checkpoint``, None when none was written or resumed from).
+
+    Attributes:
+        epoch (int), batch (int): where it happened (batch 0: at the epoch's end).
+        what (str): e.g. ``"the loss is nan"``; last_checkpoint (str | None).
+    """
+
+    def __init__(self, epoch: int, batch: int, what: str, lr: float | None, last_checkpoint: str | None):
+        self.epoch, self.batch, self.what, self.last_checkpoint = epoch, batch, what, last_checkpoint
+        where = f"epoch {epoch}, batch {batch}" if batch else f"the end of epoch {epoch}"
+        kept = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint
+                else "no checkpoint was written")
+        super().__init__(f"training diverged: {what} at {where}"
+                         + (f" (lr {lr:.3g})" if lr is not None else "")
+                         + f"; stopped without saving this epoch, {kept}. Lower the learning rate "
+                           "(or check the data for NaN / inf) and start again")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -122,6 +145,7 @@ class TrainingLoop:
         self.epoch, self.batch = self.initial_epoch, 0
         self.stop_training = False
         self.saved_checkpoints: list[str] = []
+        self.last_checkpoint: str | None = None  # the newest checkpoint written or resumed from
         self._pending_saves: list[tuple[str, dict | None]] = []
         self._at_boundary = False  # True only between two batches, where a save is consistent
         self._reset_epoch_sums()
@@ -166,6 +190,7 @@ class TrainingLoop:
         full_meta = {**(meta or {}), "epoch": state["epoch"], "train_state": state}
         save(self.model, path, optimizer=self.optimizer, scheduler=self.scheduler, meta=full_meta)
         self.saved_checkpoints.append(str(path))
+        self.last_checkpoint = str(path)
         return str(path)
 
     def restore(self, checkpoint) -> None:
@@ -174,6 +199,8 @@ class TrainingLoop:
 
         ckpt = load_checkpoint(checkpoint) if not hasattr(checkpoint, "state_dict") else checkpoint
         state = (ckpt.meta or {}).get("train_state")
+        if state is not None:
+            rs.check_train_state(state, str(checkpoint), self.train_loader)
         if state is None:
             raise ValueError(
                 f"fit(resume=...): {checkpoint} has no training state (meta['train_state']); "
@@ -194,7 +221,9 @@ class TrainingLoop:
         self.history = History.from_dict(state.get("history"))
         self.initial_epoch = self.epoch = int(state["epoch"])
         self.scheduler_interval = state.get("scheduler_interval", self.scheduler_interval)
-        set_rng_state(state["rng"])
+        rs.restore_rng(set_rng_state, state["rng"], str(checkpoint))
+        if not hasattr(checkpoint, "state_dict"):
+            self.last_checkpoint = str(checkpoint)
         if int(state.get("batch", 0)) > 0:
             self._resume_mid_epoch = state
         else:
@@ -256,7 +285,12 @@ class TrainingLoop:
             t0 = time.perf_counter() - self._elapsed
             for x, y in batches:
                 lr = _current_lr(self.optimizer)
+                if len(x) == 0:  # no kernel is asked to average over nothing
+                    raise ValueError(f"fit: train_loader yielded an empty batch (epoch {epoch}, batch "
+                                     f"{self.batch + 1}); every batch needs at least one sample")
                 loss, correct = self._train_step(x, y)
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(epoch, self.batch + 1, f"the loss is {loss}", lr, self.last_checkpoint)
                 n = len(x)
                 self.batch += 1
                 self._loss_sum += loss * n
@@ -287,6 +321,7 @@ class TrainingLoop:
             logs["val_loss"] = val["loss"]
             if "accuracy" in val:
                 logs["val_accuracy"] = val["accuracy"]
+        self._check_finite(epoch, logs, lr)
         logs["lr"] = lr
         logs["time"] = self._elapsed
         logs["images_per_sec"] = self._seen / max(self._elapsed, 1e-9)
@@ -297,13 +332,31 @@ class TrainingLoop:
         self.history.append(epoch, logs)
         if self.verbose:
             self.print(format_epoch_line(epoch, self.epochs, logs))
-        self._pending_saves = []
+        # The epoch's checkpoints are written once every callback has seen its end, those of
+        # save-best-only callbacks first: every other checkpoint records the best epoch so far
+        # (in the callbacks' state), so a kill between two writes can leave a best file newer
+        # than "last" -- which the resumed run rewrites identically -- but never a "last" that
+        # names a best epoch whose file is not on disk yet.
+        first: list[tuple[str, dict | None]] = []
+        rest: list[tuple[str, dict | None]] = []
         for cb in self.callbacks:
+            self._pending_saves = []
             cb.on_epoch_end(epoch, logs)
-        for path, meta in self._pending_saves:
-            self.save_checkpoint(path, meta)
+            (first if getattr(cb, "save_best_only", False) else rest).extend(self._pending_saves)
         self._pending_saves = []
+        for path, meta in first + rest:
+            self.save_checkpoint(path, meta)
         return logs
+
+    def _check_finite(self, epoch: int, logs: dict, lr: float | None) -> None:
+        """Stop before anything of a diverged epoch is saved: a non-finite validation loss or
+        weight (the training loss is checked after every batch)."""
+        for key in ("loss", "val_loss"):
+            if key in logs and not math.isfinite(logs[key]):
+                raise TrainingDiverged(epoch, 0, f"{key} is {logs[key]}", lr, self.last_checkpoint)
+        for name, p in self.model.named_parameters():
+            if not np.isfinite(p.data).all():
+                raise TrainingDiverged(epoch, 0, f"weight {name} holds NaN or inf", lr, self.last_checkpoint)
 
     def run(self) -> History:
         model = self.model
@@ -407,6 +460,8 @@ def evaluate(model, loader, loss_fn=None, num_classes: int | None = None, detail
     width = None
     try:
         for x, y in loader:
+            if len(x) == 0:  # nothing to count, and no kernel is asked to run on nothing
+                continue
             x, y = as_tensor(x), as_tensor(y)
             with no_grad():
                 out = model(x)

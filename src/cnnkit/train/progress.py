@@ -6,7 +6,6 @@ The bar is for people watching a terminal; it turns itself off when stderr is no
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 
@@ -23,13 +22,14 @@ def _stream_is_terminal(stream) -> bool:
 def format_epoch_line(epoch: int, epochs: int, logs: dict) -> str:
     """The one-line epoch summary, e.g.
     ``epoch 3/10  loss 0.3124  acc 0.8875  val_loss 0.3301  val_acc 0.8810  lr 1.2e-03  41.2s  1456 img/s``.
-    Metrics absent from ``logs`` (e.g. accuracy for a regression) are left out."""
+    Metrics absent from ``logs`` (e.g. accuracy for a regression) are left out; a NaN or
+    infinite value is printed as ``nan`` / ``inf``, never hidden."""
     width = len(str(epochs))
     parts = [f"epoch {epoch:>{width}}/{epochs}"]
     for key, label in (("loss", "loss"), ("accuracy", "acc"), ("val_loss", "val_loss"),
                        ("val_accuracy", "val_acc")):
         value = logs.get(key)
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+        if value is not None:
             parts.append(f"{label} {value:.4f}")
     if logs.get("lr") is not None:
         parts.append(f"lr {logs['lr']:.3g}")
