@@ -24,8 +24,8 @@ def build(kind: str):
 class Record(Callback):
     """Keeps a copy of the weights (and buffers) after every step."""
 
-    def __init__(self, stop_at=None):
-        self.steps, self.stop_at = [], stop_at
+    def __init__(self, stop_at=None, fail_at=None):
+        self.steps, self.stop_at, self.fail_at = [], stop_at, fail_at
 
     def on_batch_end(self, batch, logs=None):
         self.steps.append(np.concatenate([v.reshape(-1).astype(np.float32)
@@ -33,6 +33,8 @@ class Record(Callback):
                                           if v.dtype.kind == "f"]))
         if self.stop_at is not None and len(self.steps) == self.stop_at[0] and rank() == self.stop_at[1]:
             self.loop._interrupt.requested = True  # as a Ctrl-C that reached this rank only
+        if self.fail_at is not None and len(self.steps) == self.fail_at[0] and rank() == self.fail_at[1]:
+            raise RuntimeError("injected failure")
 
 
 def main(args):
@@ -45,7 +47,7 @@ def main(args):
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     loader = DataLoader(ArrayDataset(x, y), batch_size=args["batch"], shuffle=True, seed=3)
     val = DataLoader(ArrayDataset(x[:21], y[:21]), batch_size=8)
-    rec = Record(stop_at=args.get("stop_at"))
+    rec = Record(stop_at=args.get("stop_at"), fail_at=args.get("fail_at"))
     callbacks = [rec]
     if args.get("checkpoint"):
         callbacks.append(ModelCheckpoint(args["checkpoint"]))
