@@ -84,12 +84,12 @@ def _add_train(sub) -> None:
 
 def _cmd_train(args) -> int:
     from . import runner
+    from .distributed.comm import on_root
 
     given = {k: getattr(args, k, None) for k in runner.RUN_KEYS}
-    if args.resume:
-        config = runner.resume_config(args.out, given)
-    else:
-        config = runner.resolve_config(given)
+    # Under mpiexec rank 0 reads the run folder and hands the settings to the other ranks.
+    config = on_root(lambda: runner.resume_config(args.out, given) if args.resume
+                     else runner.resolve_config(given))
     result = runner.run_train(config, args.out, resume=args.resume, data_root=args.data_root,
                               verbose=0 if args.quiet else 1, overwrite=args.overwrite)
     return EXIT_INTERRUPTED if result.get("interrupted") else 0
@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("cnnkit: interrupted", file=sys.stderr)
+        _end_mpi_job(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`cnnkit datasets | head`): not an error of ours. Point stdout
@@ -225,8 +226,24 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("CNNKIT_DEBUG"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"cnnkit: error: {message}", file=sys.stderr)
+        if not _quiet_rank(exc):
+            print(f"cnnkit: error: {message}", file=sys.stderr)
+        _end_mpi_job(2)
         return 2
+
+
+def _quiet_rank(exc) -> bool:
+    # Under mpiexec an error rank 0 met and shared with the others is printed by rank 0 only.
+    from .distributed.comm import FailedOnRoot
+
+    return isinstance(exc, FailedOnRoot)
+
+
+def _end_mpi_job(code: int) -> None:
+    # Under mpiexec the other ranks may be waiting for this one: end them all (MPI_Abort).
+    from .distributed.comm import abort_job
+
+    abort_job(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

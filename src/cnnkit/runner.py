@@ -290,7 +290,7 @@ def run_train(config: dict, out: str | os.PathLike, resume: bool = False, data_r
         The metrics dict written to ``metrics.json``; ``{"interrupted": True, ...}`` when the run
         was stopped by Ctrl-C (a resumable checkpoint was saved).
     """
-    from . import manual_seed, nn
+    from . import distributed, manual_seed, nn
     from .io.atomic import atomic_write_text, remove_stale_temps
     from .train import CSVLogger, ModelCheckpoint, TrainingInterrupted, fit
 
@@ -298,18 +298,24 @@ def run_train(config: dict, out: str | os.PathLike, resume: bool = False, data_r
     out = Path(out)
     # Everything that can fail on the user's input fails before the folder is touched.
     validate_config(config)
-    check_out_folder(out, resume, overwrite)
+    comm = distributed.get_comm()  # None unless started by mpiexec with several ranks
+    is_root = comm is None or comm.is_root
+    if not is_root:
+        print_fn = _silent  # under mpiexec only rank 0 prints and writes files
+    else:
+        check_out_folder(out, resume, overwrite)
     manual_seed(int(config["seed"]))
     d = build_data(config, data_root)
     model = build_model(config["model"], len(d["classes"]), d["input_shape"])
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)  # left by a run killed in the middle of a write
-    if overwrite:
-        for name in RUN_OUTPUTS:
-            if (out / name).is_file():
-                (out / name).unlink()
-    if not (resume and (out / RUN_FILE).is_file()):
-        atomic_write_text(out / RUN_FILE, json.dumps(config, indent=2) + "\n")
+    if is_root:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)  # left by a run killed in the middle of a write
+        if overwrite:
+            for name in RUN_OUTPUTS:
+                if (out / name).is_file():
+                    (out / name).unlink()
+        if not (resume and (out / RUN_FILE).is_file()):
+            atomic_write_text(out / RUN_FILE, json.dumps(config, indent=2) + "\n")
     optimizer = build_optimizer(config, model.parameters())
     scheduler = build_scheduler(config, optimizer, len(d["train"]))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(config["label_smoothing"]))
@@ -323,7 +329,8 @@ def run_train(config: dict, out: str | os.PathLike, resume: bool = False, data_r
         CSVLogger(out / "history.csv"),
     ]
     last = out / LAST
-    resume_from = last if resume and last.is_file() else None
+    has_last = last.is_file() if comm is None else comm.broadcast_json(last.is_file())  # rank 0's folder
+    resume_from = last if resume and has_last else None
     if resume and resume_from is None:
         print_fn(f"nothing to resume in {out} (no {LAST}); starting the run from the beginning")
     if verbose:
@@ -333,6 +340,9 @@ def run_train(config: dict, out: str | os.PathLike, resume: bool = False, data_r
                  f"{config['optimizer']} lr {config['lr']}, schedule {config['scheduler']}, "
                  f"augment {'on' if config['augment'] else 'off'}, seed {config['seed']}"
                  + (f"; resuming from {resume_from}" if resume_from else ""))
+        if comm is not None:
+            print_fn(f"data-parallel: {distributed.describe()}; {distributed.threads_per_rank()} thread(s) per rank, "
+                     f"global batch {config['batch_size']} = about {int(config['batch_size']) // comm.size} per rank")
     try:
         history = fit(model, loss_fn, optimizer, d["train"], d["val"], epochs=int(config["epochs"]),
                       scheduler=scheduler, callbacks=callbacks, verbose=verbose, resume=resume_from,
@@ -342,7 +352,13 @@ def run_train(config: dict, out: str | os.PathLike, resume: bool = False, data_r
         print_fn(f"Interrupted in epoch {exc.epoch} after {exc.batch} batches; the state is saved in {where}.")
         print_fn(f"Resume with: cnnkit train --out {out} --resume")
         return {"interrupted": True, "epoch": exc.epoch, "batch": exc.batch, "checkpoint": str(where)}
+    if comm is not None and not comm.is_root:
+        return {"rank": comm.rank}
     return _finish(config, out, model, loss_fn, history, d, callbacks[1], t_start, print_fn)
+
+
+def _silent(*args, **kwargs) -> None:
+    return None
 
 
 def _finish(config, out: Path, model, loss_fn, history, d, best_cb, t_start, print_fn) -> dict:

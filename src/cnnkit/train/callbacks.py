@@ -258,6 +258,8 @@ class CSVLogger(Callback):
         separator: field separator.
     """
 
+    root_only = True  # under mpiexec only rank 0 writes the file (cnnkit.distributed)
+
     def __init__(self, filename: str | os.PathLike, separator: str = ","):
         self.filename = os.fspath(filename)
         self.separator = separator

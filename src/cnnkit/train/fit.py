@@ -152,6 +152,8 @@ class TrainingLoop:
         # Where the running epoch started (RNG states) and, on resume, where it stopped.
         self._epoch_start: dict | None = None
         self._resume_mid_epoch: dict | None = None
+        self.dist = None  # a cnnkit.distributed.DataParallel under mpiexec (set by its attach)
+        self._interrupt = None
 
     # ------------------------------------------------------------------ checkpoints
     def _reset_epoch_sums(self) -> None:
@@ -175,6 +177,8 @@ class TrainingLoop:
             state["epoch_start"] = self._epoch_start
             state["partial"] = {"loss_sum": self._loss_sum, "correct": self._correct, "seen": self._seen,
                                 "elapsed": self._elapsed, "classification": self._classification}
+        if self.dist is not None:
+            state["distributed"] = self.dist.checkpoint_state()
         return state
 
     def request_checkpoint(self, path: str, meta: dict | None = None) -> None:
@@ -186,6 +190,9 @@ class TrainingLoop:
         """Write a resumable checkpoint (``cnnkit.save``) to ``path`` now; returns the path."""
         from ..io.checkpoint import save
 
+        if self.dist is not None and not self.dist.is_root:  # only rank 0 writes files
+            self.saved_checkpoints.append(str(path))
+            return str(path)
         state = self.train_state()
         full_meta = {**(meta or {}), "epoch": state["epoch"], "train_state": state}
         save(self.model, path, optimizer=self.optimizer, scheduler=self.scheduler, meta=full_meta)
@@ -207,6 +214,8 @@ class TrainingLoop:
                 "it was not written by fit's ModelCheckpoint, so it can initialise weights "
                 "(model.load_state_dict) but cannot resume a run"
             )
+        if self.dist is not None:
+            state = self.dist.restore_state(state)  # this rank's generator states
         self.model.load_state_dict(ckpt.state_dict)
         if ckpt.optimizer_state is not None:
             self.optimizer.load_state_dict(ckpt.optimizer_state)
@@ -260,13 +269,17 @@ class TrainingLoop:
         loss_t = self.loss_fn(out, y)
         loss = float(loss_t.item())
         loss_t.backward()
+        out, y = out.data, y.data
+        if self.dist is not None:  # data-parallel: average the gradients over ranks
+            loss = self.dist.average_gradients(self, out, y, loss)
         optimizer.step()
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
-        out, y = out.data, y.data
         if self._classification is None:
             self._classification = _is_classification(out, y)
         correct = int(np.count_nonzero(out.argmax(axis=1) == y)) if self._classification else None
+        if self.dist is not None:
+            correct = self.dist.step_correct
         return loss, correct
 
     def _run_epoch(self, epoch: int, interrupt: _InterruptFlag) -> dict:
@@ -291,7 +304,7 @@ class TrainingLoop:
                 loss, correct = self._train_step(x, y)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(epoch, self.batch + 1, f"the loss is {loss}", lr, self.last_checkpoint)
-                n = len(x)
+                n = len(x) if self.dist is None else self.dist.step_size
                 self.batch += 1
                 self._loss_sum += loss * n
                 self._seen += n
@@ -307,7 +320,7 @@ class TrainingLoop:
                 bar.update(self._loss_sum / self._seen,
                            self._correct / self._seen if self._classification else None,
                            self._seen / max(self._elapsed, 1e-9))
-                if interrupt.requested:
+                if interrupt.requested if self.dist is None else self.dist.stop:
                     raise KeyboardInterrupt
                 self._at_boundary = False
         if self._seen == 0:
@@ -317,7 +330,8 @@ class TrainingLoop:
         if self._classification:
             logs["accuracy"] = self._correct / self._seen
         if self.val_loader is not None:
-            val = evaluate(self.model, self.val_loader, self.loss_fn, details=False)
+            val = (evaluate(self.model, self.val_loader, self.loss_fn, details=False) if self.dist is None
+                   else self.dist.evaluate(self.model, self.val_loader, self.loss_fn))
             logs["val_loss"] = val["loss"]
             if "accuracy" in val:
                 logs["val_accuracy"] = val["accuracy"]
@@ -339,6 +353,8 @@ class TrainingLoop:
         # names a best epoch whose file is not on disk yet.
         first: list[tuple[str, dict | None]] = []
         rest: list[tuple[str, dict | None]] = []
+        if self.dist is not None:
+            self.dist.before_checkpoints(self)
         for cb in self.callbacks:
             self._pending_saves = []
             cb.on_epoch_end(epoch, logs)
@@ -367,6 +383,7 @@ class TrainingLoop:
             cb.set_loop(self)
         try:
             with _InterruptFlag(self.print) as interrupt:
+                self._interrupt = interrupt
                 for cb in self.callbacks:
                     cb.on_train_begin({})
                 try:
@@ -387,6 +404,8 @@ class TrainingLoop:
         # may be half-updated, and the last epoch-end checkpoint stays the one to resume from.
         before = len(self.saved_checkpoints)
         if save and self._at_boundary:
+            if self.dist is not None:
+                self.dist.before_checkpoints(self)
             logs = {"loss": self._loss_sum / max(self._seen, 1)}
             for cb in self.callbacks:
                 cb.on_interrupt(self.epoch, logs)
@@ -427,11 +446,20 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
     Raises:
         TrainingInterrupted: after Ctrl-C, once the checkpoints are written.
     """
+    from ..distributed import DataParallel
+
     loop = TrainingLoop(model, loss_fn, optimizer, train_loader, val_loader, epochs, scheduler,
                         scheduler_interval, callbacks, initial_epoch, verbose, print_fn)
+    dist = DataParallel.for_fit()  # None unless started by mpiexec with several ranks
+    if dist is None:
+        if resume is not None:
+            loop.restore(resume)
+        return loop.run()
+    loop.dist = dist
     if resume is not None:
-        loop.restore(resume)
-    return loop.run()
+        loop.restore(dist.share_checkpoint(resume))
+    dist.attach(loop)
+    return dist.run(loop)
 
 
 def evaluate(model, loader, loss_fn=None, num_classes: int | None = None, details: bool = True) -> dict:
