@@ -1,17 +1,19 @@
-"""Write your own layer: subclass cnnkit.nn.Module, give it forward and backward, check it.
+"""Write your own differentiable operation and layer, check them, train with them.
 
-There is no autograd in cnnkit: a layer computes its output in ``forward`` (keeping what the
-gradient will need) and, in ``backward``, turns the gradient of the loss with respect to its
-output into the gradient with respect to its input, adding its parameters' gradients into
-``Parameter.grad`` on the way. ``cnnkit.gradcheck`` compares that hand-written backward with
-finite differences, so you know it is right before you train with it.
+Every operation in cnnkit is a ``cnnkit.autograd.Function``: a ``forward`` that computes the
+result on NumPy arrays and keeps on ``ctx`` what the gradient will need, and a ``backward``
+that turns the gradient of the loss with respect to the output into the gradient with
+respect to each input. The autograd engine records each call and runs the backwards in
+reverse order. A layer is a ``Module`` holding its ``Parameter``s whose ``forward`` applies
+the Function. ``cnnkit.gradcheck`` compares the hand-written backward with finite
+differences, so you know it is right before you train with it.
 
 This script:
   1. defines Swish (x * sigmoid(x), no parameters) and ChannelScale (one learnable factor
-     per channel, a Parameter);
+     per channel, a Parameter), each a Function plus a thin Module;
   2. gradient-checks both, and shows gradcheck catching a wrong backward;
   3. puts them in a Sequential with built-in layers, checks the whole network, and trains it
-     for a few steps on random data.
+     for a few steps on random data with loss.backward().
 
     python examples/custom_layer.py
 """
@@ -20,12 +22,29 @@ import numpy as np
 
 import cnnkit
 from cnnkit import nn, optim
+from cnnkit.autograd import Function
 
 
 def sigmoid(x):
     # 0.5 * (1 + tanh(x / 2)) equals 1 / (1 + exp(-x)) but never overflows; a Python float
     # factor keeps float32 input float32.
     return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+class SwishFunction(Function):
+    """y = x * sigmoid(x);  dy/dx = s + x * s * (1 - s) = s * (1 + x * (1 - s))."""
+
+    @staticmethod
+    def forward(ctx, x):
+        s = sigmoid(x)
+        ctx.save_for_backward(x, s)  # backward needs both; keeping s saves recomputing it
+        return x * s
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, s = ctx.saved_tensors
+        # A new array: never write into grad_out (another branch may use the same one).
+        return grad_out * (s * (1.0 + x * (1.0 - s)))
 
 
 class Swish(nn.Module):
@@ -35,23 +54,30 @@ class Swish(nn.Module):
         any -> same.
     """
 
-    def __init__(self):
-        super().__init__()
-        self._cache = None
-
     def forward(self, x):
-        s = sigmoid(x)
-        self._cache = (x, s)  # backward needs both; keeping s saves recomputing it
-        return x * s
+        return SwishFunction.apply(x)
 
-    def backward(self, grad_out):
-        x, s = self._need_cache(self._cache)  # clear error if no forward came first
-        # dy/dx = s + x * s * (1 - s) = s * (1 + x * (1 - s)). A new array: never write into grad_out.
-        return grad_out * (s * (1.0 + x * (1.0 - s)))
+
+class ChannelScaleFunction(Function):
+    """y[n, c, h, w] = x[n, c, h, w] * w[c].
+
+    dL/dx = g * w[c];  dL/dw[c] = sum over n, h, w of g * x (w[c] touches every pixel of channel c)."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)  # references, not copies
+        return x * w.reshape(1, -1, 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, w = ctx.saved_tensors
+        gx = grad_out * w.reshape(1, -1, 1, 1) if ctx.needs_input_grad[0] else None
+        gw = (grad_out * x).sum(axis=(0, 2, 3)) if ctx.needs_input_grad[1] else None
+        return gx, gw
 
 
 class ChannelScale(nn.Module):
-    """Multiply each channel by its own learnable factor: y[n, c, h, w] = x[n, c, h, w] * w[c].
+    """Multiply each channel by its own learnable factor.
 
     Args:
         num_channels: C.
@@ -64,7 +90,6 @@ class ChannelScale(nn.Module):
         super().__init__()
         self.num_channels = num_channels
         self.weight = nn.Parameter(np.ones(num_channels, np.float32))  # registered by assignment
-        self._cache = None
 
     def extra_repr(self):
         return str(self.num_channels)
@@ -72,32 +97,29 @@ class ChannelScale(nn.Module):
     def forward(self, x):
         if x.ndim != 4 or x.shape[1] != self.num_channels:
             raise ValueError(f"ChannelScale({self.num_channels}): expected input (N, {self.num_channels}, H, W), "
-                             f"got shape {x.shape}")
-        self._cache = x  # a reference, not a copy
-        return x * self.weight.data.reshape(1, -1, 1, 1)
+                             f"got shape {tuple(x.shape)}")
+        return ChannelScaleFunction.apply(x, self.weight)
 
-    def backward(self, grad_out):
-        x = self._need_cache(self._cache)
-        # w[c] touches every (n, h, w) of channel c: its gradient sums over those axes.
-        # accumulate_grad adds (gradients accumulate until zero_grad) and skips frozen weights.
-        self.weight.accumulate_grad((grad_out * x).sum(axis=(0, 2, 3)))
-        return grad_out * self.weight.data.reshape(1, -1, 1, 1)
 
+class BuggySwishFunction(SwishFunction):
+    """Swish with a classic mistake: the derivative of x in x * sigmoid(x) is forgotten."""
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, s = ctx.saved_tensors
+        return grad_out * (x * s * (1.0 - s))
 
 
 class BuggySwish(Swish):
-    """Swish with a classic mistake: the derivative of x in x * sigmoid(x) is forgotten."""
-
-    def backward(self, grad_out):
-        x, s = self._need_cache(self._cache)
-        return grad_out * (x * s * (1.0 - s))
+    def forward(self, x):
+        return BuggySwishFunction.apply(x)
 
 
 def check(module, x):
     """Gradient-check ``module`` on input ``x`` and print the per-tensor errors."""
     # gradcheck casts the module and x to float64, draws a random upstream gradient g and
-    # compares backward(g) with central differences of sum(forward(x) * g); the module is
-    # restored afterwards. raise_exception=False returns a report instead of raising.
+    # compares the graph's gradients with central differences of sum(forward(x) * g); the
+    # module is restored afterwards. raise_exception=False returns a report instead of raising.
     report = cnnkit.gradcheck(module, x, raise_exception=False)
     print(report)
     return report
@@ -125,22 +147,24 @@ def main():
         nn.Flatten(),
         nn.Linear(8 * 4 * 4, 3),
     )
-    # Sequential applies the chain rule: its backward calls each child's backward in reverse.
+    # The engine applies the chain rule: it calls each recorded node's backward in reverse.
     assert check(model, rng.standard_normal((2, 1, 8, 8)))
 
-    x = rng.standard_normal((64, 1, 8, 8)).astype(np.float32)
-    y = rng.integers(0, 3, size=64)
+    x = cnnkit.from_numpy(rng.standard_normal((64, 1, 8, 8)).astype(np.float32))
+    y = cnnkit.from_numpy(rng.integers(0, 3, size=64))
     loss_fn = nn.CrossEntropyLoss()
     optimizer = optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for step in range(40):  # memorise 64 random samples: the loss must go down
         optimizer.zero_grad()
         out = model(x)
-        losses.append(loss_fn(out, y))
-        model.backward(loss_fn.backward())
+        loss = loss_fn(out, y)
+        loss.backward()
         optimizer.step()
+        losses.append(loss.item())
     assert out.dtype == np.float32 and model[1].weight.grad.dtype == np.float32
-    accuracy = float((model(x).argmax(axis=1) == y).mean())
+    with cnnkit.no_grad():
+        accuracy = (model(x).argmax(dim=1) == y).float().mean().item()
     print(f"training on random data: loss {losses[0]:.4f} -> {losses[-1]:.4f} in {len(losses)} steps, "
           f"train accuracy {accuracy:.2f}")
     print("learned channel scales:", " ".join(f"{v:.3f}" for v in model[1].weight.data))

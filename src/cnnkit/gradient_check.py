@@ -1,28 +1,25 @@
 """Finite-difference gradient checking for hand-written backward passes.
 
-``gradcheck`` compares what a module's ``backward`` returns (and adds into its parameters'
-``.grad``) with float64 central differences of ``sum(forward(x) * g)`` for a random upstream
-gradient ``g``. Use it to test your own layers::
+``gradcheck`` compares the gradients a backward pass computes (the graph's, for a Function,
+a Module or any function of Tensors) with float64 central differences of
+``sum(forward(x) * g)`` for a random upstream gradient ``g``, operations and modules alike.
+Use it to test your own layers::
 
     import numpy as np
     import cnnkit
-    from cnnkit.nn import Module, Parameter
+    from cnnkit.autograd import Function
 
-    class Scale(Module):
-        '''y = x * w, one learnable scale per feature.'''
-        def __init__(self, n):
-            super().__init__()
-            self.w = Parameter(np.ones(n, np.float32))
-            self._cache = None
-        def forward(self, x):
-            self._cache = x
-            return x * self.w.data
-        def backward(self, grad_out):
-            x = self._need_cache(self._cache)
-            self.w.accumulate_grad((grad_out * x).sum(axis=0))
-            return grad_out * self.w.data
+    class Scale(Function):          # y = x * w, one scale per feature
+        @staticmethod
+        def forward(ctx, x, w):
+            ctx.save_for_backward(x, w)
+            return x * w
+        @staticmethod
+        def backward(ctx, grad_out):
+            x, w = ctx.saved_tensors
+            return grad_out * w, (grad_out * x).sum(axis=0)
 
-    cnnkit.gradcheck(Scale(3), np.random.randn(4, 3))   # True, or raises GradcheckError
+    cnnkit.gradcheck(Scale, np.random.randn(4, 3), np.random.randn(3))  # True, or raises GradcheckError
 
 What is checked:
 

@@ -3,7 +3,7 @@ update formulas and state_dict layout.
 
     opt = cnnkit.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = cnnkit.optim.StepLR(opt, step_size=10)
-    ...; opt.zero_grad(); model.backward(loss_fn.backward()); opt.step(); sched.step()
+    ...; opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step(); sched.step()
 """
 
 from . import lr_scheduler
