@@ -98,7 +98,7 @@ def test_errors():
         init.kaiming_uniform_(np.empty((3, 3)), mode="fan")
     with pytest.raises(ValueError, match="unsupported nonlinearity 'gelu2'"):
         init.calculate_gain("gelu2")
-    with pytest.raises(TypeError, match="init.normal_: expected a Parameter or numpy.ndarray, got list"):
+    with pytest.raises(TypeError, match="init.normal_: expected a Tensor, a Parameter or numpy.ndarray, got list"):
         init.normal_([1.0, 2.0])
     with pytest.raises(TypeError, match="init.zeros_: expected a floating array, got dtype int64"):
         init.zeros_(np.zeros(3, np.int64))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..random import get_generator
+from .._tensor import Tensor
 from .module import Parameter
 
 __all__ = [
@@ -29,10 +30,10 @@ __all__ = [
 
 
 def _array(tensor: Any, fn: str) -> np.ndarray:
-    """The writable floating array behind ``tensor`` (a Parameter or an ndarray)."""
-    arr = tensor.data if isinstance(tensor, Parameter) else tensor
+    """The writable floating array behind ``tensor`` (a Tensor, a Parameter or an ndarray)."""
+    arr = tensor.data if isinstance(tensor, Tensor) else tensor
     if not isinstance(arr, np.ndarray):
-        raise TypeError(f"init.{fn}: expected a Parameter or numpy.ndarray, got {type(tensor).__name__}")
+        raise TypeError(f"init.{fn}: expected a Tensor, a Parameter or numpy.ndarray, got {type(tensor).__name__}")
     if not np.issubdtype(arr.dtype, np.floating):
         raise TypeError(f"init.{fn}: expected a floating array, got dtype {arr.dtype}")
     return arr
