@@ -1,0 +1,303 @@
+"""Adadelta and Adagrad: parity with PyTorch's update rules, state dicts, dtypes, errors."""
+
+import numpy as np
+import pytest
+
+import cnnkit.optim as optim
+from cnnkit.nn import Parameter
+from test_optim import _grads, _ids, _json_round_trip, _make_params, _run
+
+STEPS = 8
+# float32 tolerance. Each step rounds every element about a dozen times per side (unit
+# roundoff u = 2**-24), and PyTorch orders the operations differently, so the two sides
+# may differ by up to ~2 * 12 * u relative per step. The differences carry forward at most
+# additively: the running averages are convex combinations (rho < 1) and Adagrad's sum only
+# grows, so neither amplifies an earlier error. The values compared are of order 1 (random
+# normal parameters and gradients), so the same bound serves as the absolute tolerance for
+# elements that happen to be near zero (e.g. after weight decay cancels the gradient).
+F32_TOL = 2 * 12 * STEPS * 2.0 ** -24  # ~1.1e-5
+# float64: the same count of roundings with u = 2**-53 is ~1e-14; 1e-12 leaves room for the
+# libm square roots without hiding a formula difference (those show at 1e-3 and above).
+F64_TOL = 1e-12
+
+# (optimizer name, keyword arguments) — the same keywords are passed to torch.optim.
+CONFIGS = [
+    ("Adadelta", dict()),
+    ("Adadelta", dict(lr=0.5, rho=0.7)),
+    ("Adadelta", dict(lr=2.0, rho=0.95, eps=1e-4, weight_decay=0.1)),
+    ("Adadelta", dict(rho=0.8, weight_decay=0.05, maximize=True)),
+    ("Adadelta", dict(lr=0.3, maximize=True)),
+    ("Adadelta", dict(rho=0.0)),
+    ("Adadelta", dict(rho=1.0, eps=1e-3)),
+    ("Adagrad", dict()),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.05)),
+    ("Adagrad", dict(lr=0.1, initial_accumulator_value=0.5, eps=1e-6)),
+    ("Adagrad", dict(lr=0.05, weight_decay=0.1, lr_decay=0.01)),
+    ("Adagrad", dict(lr=0.05, maximize=True)),
+    ("Adagrad", dict(lr=0.2, lr_decay=0.1, weight_decay=0.2, initial_accumulator_value=0.1, maximize=True)),
+]
+NAMES = ["Adadelta", "Adagrad"]
+
+
+def _torch_pair(torch, params):
+    return [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
+
+
+def _assert_state_matches(opt, topt, rtol, atol):
+    """The per-parameter buffers agree too, under PyTorch's names."""
+    ours, theirs = opt.state_dict()["state"], topt.state_dict()["state"]
+    assert sorted(ours) == sorted(theirs)
+    for i in theirs:
+        assert set(ours[i]) == set(theirs[i])
+        for k, v in theirs[i].items():
+            if k == "step":
+                assert ours[i][k] == int(v)
+            else:
+                assert ours[i][k].dtype == opt.param_groups[0]["params"][0].data.dtype
+                np.testing.assert_allclose(ours[i][k], v.numpy(), rtol=rtol, atol=atol)
+
+
+# ---------------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
+def test_matches_torch_float32(cfg):
+    torch = pytest.importorskip("torch")
+    name, kw = cfg
+    params = _make_params()
+    tparams = _torch_pair(torch, params)
+    opt = getattr(optim, name)(params, **kw)
+    topt = getattr(torch.optim, name)(tparams, **kw)
+    for t in range(STEPS):
+        for p, tp, g in zip(params, tparams, _grads(t)):
+            p.grad = g.copy()
+            tp.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+        for p, tp in zip(params, tparams):
+            assert p.data.dtype == np.float32
+            np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=F32_TOL, atol=F32_TOL)
+    _assert_state_matches(opt, topt, F32_TOL, F32_TOL)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
+def test_matches_torch_float64(cfg):
+    torch = pytest.importorskip("torch")
+    name, kw = cfg
+    params = _make_params(dtype=np.float64)
+    tparams = _torch_pair(torch, params)
+    opt = getattr(optim, name)(params, **kw)
+    topt = getattr(torch.optim, name)(tparams, **kw)
+    for t in range(STEPS):
+        for p, tp, g in zip(params, tparams, _grads(t, np.float64)):
+            p.grad = g.copy()
+            tp.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+    for p, tp in zip(params, tparams):
+        assert p.data.dtype == np.float64
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=F64_TOL, atol=F64_TOL)
+    _assert_state_matches(opt, topt, F64_TOL, F64_TOL)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_param_groups_with_their_own_options_match_torch(name):
+    torch = pytest.importorskip("torch")
+    params = _make_params(dtype=np.float64)
+    tparams = _torch_pair(torch, params)
+    own = {"Adadelta": dict(lr=0.5, rho=0.6, weight_decay=0.1),
+           "Adagrad": dict(lr=0.5, lr_decay=0.2, weight_decay=0.1)}[name]
+    opt = getattr(optim, name)([{"params": params[:2]}, {"params": params[2:], **own}], lr=0.05)
+    topt = getattr(torch.optim, name)([{"params": tparams[:2]}, {"params": tparams[2:], **own}], lr=0.05)
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 0.5]
+    for t in range(5):
+        for p, tp, g in zip(params, tparams, _grads(t, np.float64)):
+            p.grad = g.copy()
+            tp.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+    for p, tp in zip(params, tparams):
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=F64_TOL, atol=F64_TOL)
+
+
+def test_defaults_match_torch():
+    torch = pytest.importorskip("torch")
+    p = [Parameter(np.zeros(2, np.float32))]
+    tp = [torch.zeros(2, requires_grad=True)]
+    for name in NAMES:
+        ours = getattr(optim, name)(p).defaults
+        theirs = getattr(torch.optim, name)(tp).defaults
+        assert set(ours) <= set(theirs), name
+        for k, v in ours.items():
+            assert theirs[k] == v, (name, k)
+
+
+def test_adagrad_by_hand():
+    """Two steps worked out on paper: s = 0.5 + 4 = 4.5, then 4.5 + 1 = 5.5; clr = lr / (1 + lr_decay)."""
+    p = Parameter(np.array([1.0], np.float64))
+    opt = optim.Adagrad([p], lr=0.3, lr_decay=0.5, initial_accumulator_value=0.5, eps=0.0)
+    p.grad = np.array([2.0])
+    opt.step()
+    np.testing.assert_allclose(p.data, [1.0 - 0.3 * 2.0 / np.sqrt(4.5)], rtol=1e-15)
+    p.grad = np.array([-1.0])
+    opt.step()
+    np.testing.assert_allclose(p.data, [1.0 - 0.3 * 2.0 / np.sqrt(4.5) + 0.2 * 1.0 / np.sqrt(5.5)], rtol=1e-15)
+
+
+def test_adadelta_by_hand():
+    """One step on paper with rho = 0.5, eps = 0.01: v = 0.5 * 4 = 2, delta = sqrt(0.01) / sqrt(2.01) * 2,
+    u = 0.5 * delta**2."""
+    p = Parameter(np.array([1.0], np.float64))
+    opt = optim.Adadelta([p], lr=0.5, rho=0.5, eps=0.01)
+    p.grad = np.array([2.0])
+    opt.step()
+    delta = 0.1 / np.sqrt(2.01) * 2.0
+    np.testing.assert_allclose(p.data, [1.0 - 0.5 * delta], rtol=1e-15)
+    np.testing.assert_allclose(opt.state[p]["square_avg"], [2.0], rtol=1e-15)
+    np.testing.assert_allclose(opt.state[p]["acc_delta"], [0.5 * delta ** 2], rtol=1e-15)
+
+
+# ---------------------------------------------------------------------------------- behaviour
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
+def test_step_does_not_touch_grad_and_keeps_float32(cfg):
+    name, kw = cfg
+    params = _make_params()
+    opt = getattr(optim, name)(params, **kw)
+    for t in range(3):
+        grads = _grads(t)
+        for p, g in zip(params, grads):
+            p.grad = g.copy()
+            p.grad.data.flags.writeable = False  # any write into the gradient raises
+        opt.step()
+        for p, g in zip(params, grads):
+            np.testing.assert_array_equal(p.grad, g)
+            assert p.data.dtype == np.float32
+    for st in opt.state.values():
+        for v in st.values():
+            if isinstance(v, np.ndarray):
+                assert v.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_frozen_and_gradless_params_are_not_updated(name):
+    frozen = Parameter(np.ones((2, 2), np.float32), requires_grad=False)
+    frozen.grad = np.ones((2, 2), np.float32)  # a stale gradient must still be ignored
+    no_grad = Parameter(np.ones(3, np.float32))
+    live = Parameter(np.ones(3, np.float32))
+    opt = getattr(optim, name)([frozen, no_grad, live], lr=0.1, weight_decay=0.1)
+    live.grad = np.full(3, 0.5, np.float32)
+    for _ in range(3):
+        opt.step()
+    np.testing.assert_array_equal(frozen.data, np.ones((2, 2)))
+    np.testing.assert_array_equal(no_grad.data, np.ones(3))
+    assert np.all(live.data < 1)
+    steps = {i: st["step"] for i, st in opt.state_dict()["state"].items()}
+    # Adagrad, as PyTorch's, gives every constructor parameter its state up front (step 0).
+    assert steps == ({2: 3} if name == "Adadelta" else {0: 0, 1: 0, 2: 3})
+
+
+def test_adagrad_state_exists_before_the_first_step_like_torch():
+    torch = pytest.importorskip("torch")
+    params = _make_params()
+    opt = optim.Adagrad(params, initial_accumulator_value=0.25)
+    topt = torch.optim.Adagrad(_torch_pair(torch, params), initial_accumulator_value=0.25)
+    _assert_state_matches(opt, topt, 0, 0)
+    # A parameter added later gets its state at its first update, also as in PyTorch.
+    extra = Parameter(np.ones(2, np.float32))
+    opt.add_param_group({"params": [extra], "initial_accumulator_value": 1.0})
+    assert extra not in opt.state
+    extra.grad = np.full(2, 3.0, np.float32)
+    opt.step()
+    np.testing.assert_array_equal(opt.state[extra]["sum"], 10.0)  # 1 + 3**2
+
+
+# ---------------------------------------------------------------------------------- state dicts
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
+@pytest.mark.parametrize("via_json", [False, True], ids=["dict", "json"])
+def test_state_dict_resume_equals_straight_run(cfg, via_json):
+    name, kw = cfg
+    straight = _make_params()
+    opt = getattr(optim, name)(straight, **kw)
+    _run(opt, straight, 6)
+
+    first = _make_params()
+    opt1 = getattr(optim, name)(first, **kw)
+    _run(opt1, first, 3)
+    sd = opt1.state_dict()
+    weights = [p.data.copy() for p in first]
+    _run(opt1, first, 2, start=100)  # later steps must not change the saved state dict
+    if via_json:
+        sd = _json_round_trip(sd)
+
+    resumed = [Parameter(w) for w in weights]
+    opt2 = getattr(optim, name)(resumed, lr=123.0)  # hyperparameters come from the state dict
+    opt2.load_state_dict(sd)
+    assert opt2.param_groups[0] == {**opt.param_groups[0], "params": resumed}
+    _run(opt2, resumed, 3, start=3)
+    # Same code, same operations in the same order on the same values: bit-equal.
+    for a, b in zip(straight, resumed):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+@pytest.mark.parametrize("cfg", [c for c in CONFIGS if c[1]], ids=_ids)
+def test_torch_state_dict_loads_and_continues_like_torch(cfg):
+    """PyTorch's state dict (tensors turned into arrays) loads as is: same layout and names."""
+    torch = pytest.importorskip("torch")
+    name, kw = cfg
+    params = _make_params(dtype=np.float64)
+    tparams = _torch_pair(torch, params)
+    topt = getattr(torch.optim, name)(tparams, **kw)
+    for t in range(3):
+        for tp, g in zip(tparams, _grads(t, np.float64)):
+            tp.grad = torch.tensor(g)
+        topt.step()
+    tsd = topt.state_dict()
+    ours_keys = set(getattr(optim, name)([Parameter(np.zeros(1))]).defaults)
+    sd = {"state": {i: {k: v.numpy() for k, v in st.items()} for i, st in tsd["state"].items()},
+          "param_groups": [{k: v for k, v in g.items() if k in ours_keys | {"params"}}
+                           for g in tsd["param_groups"]]}
+    resumed = [Parameter(tp.detach().numpy().copy()) for tp in tparams]
+    opt = getattr(optim, name)(resumed)
+    opt.load_state_dict(sd)
+    for t in range(3, 6):
+        for p, tp, g in zip(resumed, tparams, _grads(t, np.float64)):
+            p.grad = g.copy()
+            tp.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+    for p, tp in zip(resumed, tparams):
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=F64_TOL, atol=F64_TOL)
+
+
+# ---------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("name, kw, message", [
+    ("Adadelta", dict(lr=-1), "Adadelta: invalid learning rate lr=-1"),
+    ("Adadelta", dict(rho=1.5), r"Adadelta: invalid rho=1.5, expected a number in \[0.0, 1.0\]"),
+    ("Adadelta", dict(rho=-0.1), "Adadelta: invalid rho=-0.1"),
+    ("Adadelta", dict(eps=-1e-6), "Adadelta: invalid eps=-1e-06, expected a number >= 0"),
+    ("Adadelta", dict(weight_decay=-0.1), "Adadelta: invalid weight_decay=-0.1"),
+    ("Adadelta", dict(rho="0.9"), "Adadelta: invalid rho='0.9'"),
+    ("Adagrad", dict(lr=-0.1), "Adagrad: invalid learning rate lr=-0.1"),
+    ("Adagrad", dict(lr_decay=-1), "Adagrad: invalid lr_decay=-1, expected a number >= 0"),
+    ("Adagrad", dict(weight_decay=-1), "Adagrad: invalid weight_decay=-1"),
+    ("Adagrad", dict(initial_accumulator_value=-0.5), "Adagrad: invalid initial_accumulator_value=-0.5"),
+    ("Adagrad", dict(eps=-1), "Adagrad: invalid eps=-1"),
+])
+def test_bad_arguments_name_the_optimizer_and_argument(name, kw, message):
+    p = Parameter(np.ones(2, np.float32))
+    with pytest.raises(ValueError, match=message) as info:
+        getattr(optim, name)([p], **kw)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_group_option_is_reported(name):
+    a, b = Parameter(np.ones(2, np.float32)), Parameter(np.ones(3, np.float32))
+    opt = getattr(optim, name)([a])
+    with pytest.raises(ValueError, match=f"{name}: invalid weight_decay=-2"):
+        opt.add_param_group({"params": [b], "weight_decay": -2})
+
+
+def test_grad_shape_mismatch_is_reported():
+    p = Parameter(np.ones(3, np.float32))
+    p.grad = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match=r"Adagrad: gradient shape \(4,\) does not match parameter shape \(3,\)"):
+        optim.Adagrad([p]).step()
