@@ -5,19 +5,21 @@ import pytest
 
 import cnnkit.optim as optim
 from cnnkit.nn import Parameter
-from test_optim import _grads, _ids, _json_round_trip, _make_params, _run
+import test_optim
+from test_optim import _grads, _ids, _make_params
 
 STEPS = 8
 # float32 tolerance. Each step rounds every element about a dozen times per side (unit
 # roundoff u = 2**-24), and PyTorch orders the operations differently, so the two sides
 # may differ by up to ~2 * 12 * u relative per step. The differences carry forward at most
-# additively: the running averages are convex combinations (rho < 1) and Adagrad's sum only
+# additively: the running averages are convex combinations (0 <= rho <= 1) and Adagrad's sum only
 # grows, so neither amplifies an earlier error. The values compared are of order 1 (random
 # normal parameters and gradients), so the same bound serves as the absolute tolerance for
 # elements that happen to be near zero (e.g. after weight decay cancels the gradient).
 F32_TOL = 2 * 12 * STEPS * 2.0 ** -24  # ~1.1e-5
-# float64: the same count of roundings with u = 2**-53 is ~1e-14; 1e-12 leaves room for the
-# libm square roots without hiding a formula difference (those show at 1e-3 and above).
+# float64: the same count of roundings with u = 2**-53 is ~1e-14; 1e-12 leaves room for libm's
+# square roots, while a formula difference (a misplaced eps, lr_decay one step off) moves these
+# configurations' results by far more.
 F64_TOL = 1e-12
 
 # (optimizer name, keyword arguments) — the same keywords are passed to torch.optim.
@@ -43,6 +45,17 @@ def _torch_pair(torch, params):
     return [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
 
 
+def _step_both(torch, opt, topt, params, tparams, steps, dtype, start=0):
+    """Give both optimizers the same gradients and step them; yields after each step."""
+    for t in range(start, start + steps):
+        for p, tp, g in zip(params, tparams, _grads(t, dtype)):
+            p.grad = g.copy()
+            tp.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+        yield t
+
+
 def _assert_state_matches(opt, topt, rtol, atol):
     """The per-parameter buffers agree too, under PyTorch's names."""
     ours, theirs = opt.state_dict()["state"], topt.state_dict()["state"]
@@ -58,44 +71,20 @@ def _assert_state_matches(opt, topt, rtol, atol):
 
 
 # ---------------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("dtype, tol", [(np.float32, F32_TOL), (np.float64, F64_TOL)], ids=["f32", "f64"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
-def test_matches_torch_float32(cfg):
+def test_matches_torch(cfg, dtype, tol):
     torch = pytest.importorskip("torch")
     name, kw = cfg
-    params = _make_params()
+    params = _make_params(dtype=dtype)
     tparams = _torch_pair(torch, params)
     opt = getattr(optim, name)(params, **kw)
     topt = getattr(torch.optim, name)(tparams, **kw)
-    for t in range(STEPS):
-        for p, tp, g in zip(params, tparams, _grads(t)):
-            p.grad = g.copy()
-            tp.grad = torch.tensor(g)
-        opt.step()
-        topt.step()
+    for _ in _step_both(torch, opt, topt, params, tparams, STEPS, dtype):
         for p, tp in zip(params, tparams):
-            assert p.data.dtype == np.float32
-            np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=F32_TOL, atol=F32_TOL)
-    _assert_state_matches(opt, topt, F32_TOL, F32_TOL)
-
-
-@pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
-def test_matches_torch_float64(cfg):
-    torch = pytest.importorskip("torch")
-    name, kw = cfg
-    params = _make_params(dtype=np.float64)
-    tparams = _torch_pair(torch, params)
-    opt = getattr(optim, name)(params, **kw)
-    topt = getattr(torch.optim, name)(tparams, **kw)
-    for t in range(STEPS):
-        for p, tp, g in zip(params, tparams, _grads(t, np.float64)):
-            p.grad = g.copy()
-            tp.grad = torch.tensor(g)
-        opt.step()
-        topt.step()
-    for p, tp in zip(params, tparams):
-        assert p.data.dtype == np.float64
-        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=F64_TOL, atol=F64_TOL)
-    _assert_state_matches(opt, topt, F64_TOL, F64_TOL)
+            assert p.data.dtype == dtype
+            np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=tol, atol=tol)
+    _assert_state_matches(opt, topt, tol, tol)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -108,12 +97,8 @@ def test_param_groups_with_their_own_options_match_torch(name):
     opt = getattr(optim, name)([{"params": params[:2]}, {"params": params[2:], **own}], lr=0.05)
     topt = getattr(torch.optim, name)([{"params": tparams[:2]}, {"params": tparams[2:], **own}], lr=0.05)
     assert [g["lr"] for g in opt.param_groups] == [0.05, 0.5]
-    for t in range(5):
-        for p, tp, g in zip(params, tparams, _grads(t, np.float64)):
-            p.grad = g.copy()
-            tp.grad = torch.tensor(g)
-        opt.step()
-        topt.step()
+    for _ in _step_both(torch, opt, topt, params, tparams, 5, np.float64):
+        pass
     for p, tp in zip(params, tparams):
         np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=F64_TOL, atol=F64_TOL)
 
@@ -158,22 +143,7 @@ def test_adadelta_by_hand():
 # ---------------------------------------------------------------------------------- behaviour
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
 def test_step_does_not_touch_grad_and_keeps_float32(cfg):
-    name, kw = cfg
-    params = _make_params()
-    opt = getattr(optim, name)(params, **kw)
-    for t in range(3):
-        grads = _grads(t)
-        for p, g in zip(params, grads):
-            p.grad = g.copy()
-            p.grad.data.flags.writeable = False  # any write into the gradient raises
-        opt.step()
-        for p, g in zip(params, grads):
-            np.testing.assert_array_equal(p.grad, g)
-            assert p.data.dtype == np.float32
-    for st in opt.state.values():
-        for v in st.values():
-            if isinstance(v, np.ndarray):
-                assert v.dtype == np.float32
+    test_optim.test_step_does_not_touch_grad_and_keeps_dtype(cfg)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -213,28 +183,8 @@ def test_adagrad_state_exists_before_the_first_step_like_torch():
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
 @pytest.mark.parametrize("via_json", [False, True], ids=["dict", "json"])
 def test_state_dict_resume_equals_straight_run(cfg, via_json):
-    name, kw = cfg
-    straight = _make_params()
-    opt = getattr(optim, name)(straight, **kw)
-    _run(opt, straight, 6)
-
-    first = _make_params()
-    opt1 = getattr(optim, name)(first, **kw)
-    _run(opt1, first, 3)
-    sd = opt1.state_dict()
-    weights = [p.data.copy() for p in first]
-    _run(opt1, first, 2, start=100)  # later steps must not change the saved state dict
-    if via_json:
-        sd = _json_round_trip(sd)
-
-    resumed = [Parameter(w) for w in weights]
-    opt2 = getattr(optim, name)(resumed, lr=123.0)  # hyperparameters come from the state dict
-    opt2.load_state_dict(sd)
-    assert opt2.param_groups[0] == {**opt.param_groups[0], "params": resumed}
-    _run(opt2, resumed, 3, start=3)
-    # Same code, same operations in the same order on the same values: bit-equal.
-    for a, b in zip(straight, resumed):
-        np.testing.assert_array_equal(a.data, b.data)
+    """Save after 3 steps, load into a fresh optimizer, 3 more steps: bit-equal to 6 straight."""
+    test_optim.test_state_dict_resume_equals_straight_run(cfg, via_json)
 
 
 @pytest.mark.parametrize("cfg", [c for c in CONFIGS if c[1]], ids=_ids)
@@ -257,12 +207,8 @@ def test_torch_state_dict_loads_and_continues_like_torch(cfg):
     resumed = [Parameter(tp.detach().numpy().copy()) for tp in tparams]
     opt = getattr(optim, name)(resumed)
     opt.load_state_dict(sd)
-    for t in range(3, 6):
-        for p, tp, g in zip(resumed, tparams, _grads(t, np.float64)):
-            p.grad = g.copy()
-            tp.grad = torch.tensor(g)
-        opt.step()
-        topt.step()
+    for _ in _step_both(torch, opt, topt, resumed, tparams, 3, np.float64, start=3):
+        pass
     for p, tp in zip(resumed, tparams):
         np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=F64_TOL, atol=F64_TOL)
 
