@@ -247,3 +247,47 @@ def test_grad_shape_mismatch_is_reported():
     p.grad = np.ones(4, np.float32)
     with pytest.raises(ValueError, match=r"Adagrad: gradient shape \(4,\) does not match parameter shape \(3,\)"):
         optim.Adagrad([p]).step()
+
+
+# ---------------------------------------------------------------------------------- slicing
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_ids)
+def test_in_slices_and_odd_layouts_match_torch(cfg, monkeypatch):
+    """The update runs slice by slice (CHUNK_ELEMENTS): with tiny slices (several per
+    parameter, the last one short), Fortran-ordered gradients and a parameter whose .data
+    was replaced by a transposed (non-contiguous) array, it still matches PyTorch."""
+    torch = pytest.importorskip("torch")
+    import cnnkit.optim._slices as slices_module
+    monkeypatch.setattr(slices_module, "CHUNK_ELEMENTS", 5)
+    name, kw = cfg
+    params = _make_params(dtype=np.float64)
+    params[0].data = np.ascontiguousarray(params[0].data.T).T  # same values, Fortran order
+    tparams = _torch_pair(torch, params)
+    opt = getattr(optim, name)(params, **kw)
+    topt = getattr(torch.optim, name)(tparams, **kw)
+    for t in range(4):
+        for p, tp, g in zip(params, tparams, _grads(t, np.float64)):
+            p.grad = np.asfortranarray(g)
+            tp.grad = torch.tensor(g)
+        kept = [np.asarray(p.grad).copy() for p in params]
+        opt.step()
+        topt.step()
+        for p, tp, k in zip(params, tparams, kept):
+            np.testing.assert_array_equal(np.asarray(p.grad), k)  # the gradient is never written
+            np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=F64_TOL, atol=F64_TOL)
+    assert not params[0].data.flags.c_contiguous  # the whole-array path was taken for it
+    _assert_state_matches(opt, topt, F64_TOL, F64_TOL)
+
+
+def test_update_slices_cover_every_element_once(monkeypatch):
+    import cnnkit.optim._slices as slices_module
+    monkeypatch.setattr(slices_module, "CHUNK_ELEMENTS", 7)
+    p = Parameter(np.zeros((4, 6), np.float32))
+    opt = optim.Adagrad([p])
+    grad = np.asfortranarray(np.arange(24, dtype=np.float32).reshape(4, 6))
+    sizes = []
+    for g, data, t0, t1 in slices_module.update_slices(opt, p, grad, p.data):
+        assert t0.shape == t1.shape == data.shape == g.shape
+        data += g + 1  # written through the views
+        sizes.append(data.size)
+    assert sizes == [7, 7, 7, 3]
+    np.testing.assert_array_equal(p.data, grad + 1)

@@ -7,6 +7,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .optimizer import Optimizer, _check_range, decayed_gradient
+from ._slices import update_slices
 
 __all__ = ["Adadelta"]
 
@@ -62,29 +63,32 @@ class Adadelta(Optimizer):
                 state["acc_delta"] = np.zeros_like(p.data)
             state["step"] += 1
 
-            g = p.grad.data
-            if maximize or wd != 0:
-                g = decayed_gradient(p.data, g, wd, maximize, out=self._temp(p, 0))
-            v, u = state["square_avg"], state["acc_delta"]
+            for grad, data, v, u, t0, t1 in update_slices(self, p, p.grad.data, p.data, state["square_avg"],
+                                                          state["acc_delta"]):
+                _update_slice(data, grad, v, u, t0, t1, lr, rho, eps, wd, maximize)
 
-            delta = self._temp(p, 1)
-            np.multiply(g, g, out=delta)
-            delta *= 1.0 - rho
-            v *= rho
-            v += delta
-            np.add(v, eps, out=delta)
-            np.sqrt(delta, out=delta)
-            np.divide(g, delta, out=delta)
-            # g is no longer read: slot 0 (which may hold it) takes sqrt(u + eps).
-            rms_update = self._temp(p, 0)
-            np.add(u, eps, out=rms_update)
-            np.sqrt(rms_update, out=rms_update)
-            delta *= rms_update
 
-            np.multiply(delta, delta, out=rms_update)
-            rms_update *= 1.0 - rho
-            u *= rho
-            u += rms_update
-            if lr != 1.0:
-                delta *= lr
-            p.data -= delta
+def _update_slice(p, grad, v, u, t0, t1, lr, rho, eps, wd, maximize) -> None:
+    """Adadelta on one slice, in place on ``p``, ``v`` (square_avg) and ``u`` (acc_delta);
+    ``grad`` is only read; ``t0`` / ``t1``: scratch slices of the same length."""
+    g = decayed_gradient(p, grad, wd, maximize, out=t0)  # grad itself when neither applies
+    delta = t1
+    np.multiply(g, g, out=delta)
+    delta *= 1.0 - rho
+    v *= rho
+    v += delta
+    np.add(v, eps, out=delta)
+    np.sqrt(delta, out=delta)
+    np.divide(g, delta, out=delta)
+    # g is no longer read: t0 (which may hold it) takes sqrt(u + eps).
+    np.add(u, eps, out=t0)
+    np.sqrt(t0, out=t0)
+    delta *= t0
+
+    np.multiply(delta, delta, out=t0)
+    t0 *= 1.0 - rho
+    u *= rho
+    u += t0
+    if lr != 1.0:
+        delta *= lr
+    p -= delta

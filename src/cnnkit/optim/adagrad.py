@@ -7,6 +7,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .optimizer import Optimizer, _check_range, decayed_gradient
+from ._slices import update_slices
 
 __all__ = ["Adagrad"]
 
@@ -76,17 +77,18 @@ class Adagrad(Optimizer):
             state = self._init_state(p, group)
             state["step"] += 1
             clr = lr / (1.0 + (state["step"] - 1) * lr_decay)
+            for grad, data, total, t0, t1 in update_slices(self, p, p.grad.data, p.data, state["sum"]):
+                _update_slice(data, grad, total, t0, t1, clr, eps, wd, maximize)
 
-            g = p.grad.data
-            if maximize or wd != 0:
-                g = decayed_gradient(p.data, g, wd, maximize, out=self._temp(p, 0))
 
-            s = state["sum"]
-            std = self._temp(p, 1)
-            np.multiply(g, g, out=std)
-            s += std
-            np.sqrt(s, out=std)
-            std += eps
-            np.divide(g, std, out=std)
-            std *= clr
-            p.data -= std
+def _update_slice(p, grad, s, t0, t1, clr, eps, wd, maximize) -> None:
+    """Adagrad on one slice, in place on ``p`` and ``s``; ``grad`` is only read; ``t0`` /
+    ``t1``: scratch slices of the same length."""
+    g = decayed_gradient(p, grad, wd, maximize, out=t0)  # grad itself when neither applies
+    np.multiply(g, g, out=t1)
+    s += t1
+    np.sqrt(s, out=t1)
+    t1 += eps
+    np.divide(g, t1, out=t1)
+    t1 *= clr
+    p -= t1
