@@ -22,7 +22,7 @@ _EXPORTS = {
     "empty_cache": "_recycle", "gemm_backend": "_gemm",
 }
 _SUBMODULES = {"functional", "fusion", "init", "module", "conv", "pooling", "linear", "activation",
-               "normalization", "dropout", "containers", "losses"}
+               "normalization", "dropout", "containers", "losses", "utils"}
 
 __all__ = ["Module", "Parameter", *_EXPORTS, "functional", "init"]
 
