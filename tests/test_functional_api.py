@@ -97,6 +97,12 @@ CASES.append(("cat", lambda a, b: cnnkit.cat([a, b], 1), lambda t, a, b: t.cat([
               lambda: (_rand(2, 3), _rand(2, 2, seed=1))))
 CASES.append(("stack", lambda a, b: cnnkit.stack([a, b], 1), lambda t, a, b: t.stack([a, b], 1),
               lambda: (_rand(2, 3), _rand(2, 3, seed=1))))
+CASES.append(("maximum_minimum", lambda a, b: cnnkit.maximum(a, b) * 2 + cnnkit.minimum(a, b),
+              lambda t, a, b: t.maximum(a, b) * 2 + t.minimum(a, b), lambda: (_distinct(3, 4), _distinct(3, 4, seed=1))))
+CASES.append(("expand_clone", lambda a: a.expand(2, 3, 4) * a.clone(), lambda t, a: a.expand(2, 3, 4) * a.clone(),
+              lambda: (_rand(3, 1),)))
+CASES.append(("where", lambda a, b: cnnkit.where(a > 0, a, b), lambda t, a, b: t.where(a > 0, a, b),
+              lambda: (_rand(3, 4, away_from_zero=True), _rand(3, 4, seed=1))))
 IDS = [c[0] for c in CASES]
 
 
