@@ -16,30 +16,6 @@ import functional_models as FM  # noqa: E402
 import reference_models as R  # noqa: E402
 
 
-def steps(model, name, n, mode):
-    import cnnkit
-    import cnnkit.nn as nn
-    import cnnkit.optim as optim
-    x, y = (cnnkit.from_numpy(a) for a in R.batch(name, n))
-    if mode == "infer":
-        model.eval()
-
-        def infer():
-            with cnnkit.no_grad():
-                model(x)
-
-        return infer
-    loss_fn = nn.CrossEntropyLoss()
-    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step():
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-
-    return step
-
-
 def main(argv=None) -> int:
     import cnnkit
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -54,10 +30,9 @@ def main(argv=None) -> int:
     for name in args.models:
         for n in args.batch_sizes:
             for mode in args.modes:
+                _, seq = B.cnnkit_steps(name, n, mode)
                 cnnkit.manual_seed(0)
-                seq = steps(R.build_cnnkit(name), name, n, mode)
-                cnnkit.manual_seed(0)
-                mod = steps(FM.MODELS[name](), name, n, mode)
+                _, mod = B.cnnkit_steps(name, n, mode, model=FM.MODELS[name]())
                 rs, rm, _ = B.interleaved_rates(seq, mod, n, args.rounds, args.pause, args.min_time)
                 print(f"{name:<10} {mode:<6} {n:>5} {rs:>11.0f} {rm:>10.0f} {rm / rs:>6.2f}", flush=True)
     return 0

@@ -30,13 +30,14 @@ import reference_models as R  # noqa: E402
 from malloc_state import pin_malloc_thresholds  # noqa: E402
 
 
-def cnnkit_steps(name, n, mode, seed=0):
-    """(setup model, one-step function) for cnnkit."""
+def cnnkit_steps(name, n, mode, seed=0, model=None):
+    """(setup model, one-step function) for cnnkit; ``model`` defaults to the Sequential of
+    ``reference_models`` (built after seeding)."""
     import cnnkit
     import cnnkit.nn as nn
     import cnnkit.optim as optim
     cnnkit.manual_seed(seed)
-    model = R.build_cnnkit(name)
+    model = R.build_cnnkit(name) if model is None else model
     x, y = (cnnkit.from_numpy(a) for a in R.batch(name, n))
     if mode == "infer":
         model.eval()

@@ -159,23 +159,3 @@ class ZeroPad2d(Module):
         if x.shape[2] + top + bottom < 1 or x.shape[3] + left + right < 1:
             raise ValueError(f"{self._short_name()}: padding leaves an empty output for input {tuple(x.shape)}")
         return Pad.apply(x, self.padding)
-
-
-def _fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn) -> tuple[np.ndarray, np.ndarray]:
-    """(weight, bias) of the convolution that computes ``bn(conv(x))`` with ``bn``'s running
-    statistics: each output channel's kernel times ``scale``, bias ``(bias - mean) * scale
-    + shift``. Why: the BatchNorm's own pass over the activation (three passes over memory)
-    becomes nothing, and its ReLU / ReLU6 a clip in the convolution's output pass, while
-    the chunk is in cache. Costs one pass over the weights per call; PyTorch's
-    ``fuse_conv_bn_eval`` computes the same. Results differ from the unfolded layers by
-    float32 rounding only (the products are taken in another order). The mean moves into
-    the bias here, which BatchNorm's own forward avoids (cancellation when |mean| >> std):
-    the rounding that adds, about eps * |scale * mean|, is of the size the convolution's
-    own sums already carry in an output of that magnitude, and no gradient is taken
-    through it (inference only)."""
-    mean, _, scale, shift = bn.running_affine(weight.dtype)
-    folded = weight * scale.reshape(-1, 1, 1, 1)
-    b = (-mean if bias is None else bias - mean) * scale
-    if shift is not None:
-        b += shift
-    return folded, b
