@@ -22,6 +22,10 @@ import sys
 from importlib import import_module
 
 from . import __version__
+from . import evaluate_cli
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULERS = ("onecycle", "cosine", "step", "none")
 
 EXIT_INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
 
@@ -55,21 +59,26 @@ def _add_train(sub) -> None:
     p.add_argument("--model", help=f"zoo model: {', '.join(names())}")
     p.add_argument("--dataset", help=f"dataset: {', '.join(DATASETS)}")
     p.add_argument("--out", required=True, help="output folder (checkpoints, metrics.json, history.csv, PNGs)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--epochs", type=int, metavar="N", help="number of training epochs")
+    p.add_argument("--batch-size", type=int, metavar="N", help="training images per step")
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="sgd (with --momentum, Nesterov), adam, adamw (decoupled weight decay) or rmsprop")
     p.add_argument("--lr", type=float, help="learning rate (the peak lr for --scheduler onecycle)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--momentum", type=float, help="SGD momentum (Nesterov when > 0)")
-    p.add_argument("--scheduler", choices=["onecycle", "cosine", "step", "none"])
+    p.add_argument("--weight-decay", type=float, metavar="W",
+                   help="L2 penalty (decoupled for adamw); default: the preset's, else the optimizer's own")
+    p.add_argument("--momentum", type=float, help="SGD momentum (Nesterov when > 0); other optimizers ignore it")
+    p.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="learning-rate schedule: onecycle (per step, warm-up then anneal), cosine (per "
+                        "epoch), step (x0.1 every third of the epochs) or none (constant)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crops (+ horizontal flips where they keep the label)")
-    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--label-smoothing", type=float, metavar="EPS",
+                   help="cross-entropy label smoothing in [0, 1) (0: none)")
     p.add_argument("--val-fraction", type=float, help="share of the training set held out for validation")
     p.add_argument("--seed", type=int, help="seed of everything random (default 0)")
-    p.add_argument("--limit-train", type=int, help="train on a random subset of N images (quick tests)")
-    p.add_argument("--limit-test", type=int, help="test on a random subset of N images")
-    p.add_argument("--data-root", help="extra folder to look for datasets in (also: $CNNKIT_DATA)")
+    p.add_argument("--limit-train", type=int, metavar="N", help="train on a random subset of N images (quick tests)")
+    p.add_argument("--limit-test", type=int, metavar="N", help="test on a random subset of N images")
+    _add_data_root(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bar")
     p.set_defaults(func=_cmd_train)
@@ -88,20 +97,10 @@ def _cmd_train(args) -> int:
     return EXIT_INTERRUPTED if result.get("interrupted") else 0
 
 
-def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="test accuracy, loss and per-class metrics of a checkpoint or run folder")
-    p.add_argument("target", help="a .safetensors checkpoint or a `cnnkit train` output folder")
-    p.add_argument("--dataset", help="default: the dataset recorded in the checkpoint")
-    p.add_argument("--limit-test", type=int)
-    p.add_argument("--data-root")
-    p.set_defaults(func=_cmd_evaluate)
-
-
-def _cmd_evaluate(args) -> int:
-    from .runner import run_evaluate
-
-    run_evaluate(args.target, args.dataset, args.limit_test, args.data_root)
-    return 0
+def _add_data_root(p) -> None:
+    p.add_argument("--data-root", metavar="DIR",
+                   help="extra folder to look for datasets in, first (also: $CNNKIT_DATA); "
+                        "see `cnnkit datasets`")
 
 
 def _add_summary(sub) -> None:
@@ -136,8 +135,12 @@ def _cmd_summary(args) -> int:
 
 
 def _add_datasets(sub) -> None:
-    p = sub.add_parser("datasets", help="which datasets are found where")
-    p.add_argument("--data-root")
+    p = sub.add_parser(
+        "datasets", help="which datasets are found where",
+        description="List the built-in datasets (by the names --dataset takes), the folder each split "
+                    "is read from, and every place cnnkit looks, in order. A dataset found nowhere is "
+                    "downloaded by `cnnkit train` / `cnnkit evaluate` into the cache folder shown.")
+    _add_data_root(p)
     p.set_defaults(func=_cmd_datasets)
 
 
@@ -154,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
-    _add_evaluate(sub)
+    evaluate_cli.add_parser(sub)
     _add_summary(sub)
     _add_datasets(sub)
     for module in ("predict", "finetune"):  # engineer F2's subcommands
@@ -189,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("CNNKIT_DEBUG"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        message = getattr(exc, "cli_message", None) or message  # e.g. a dataset not found
         print(f"cnnkit: error: {message}", file=sys.stderr)
         return 2
 

@@ -183,8 +183,9 @@ def _make_net(modules: list[Module]):
 
 
 def _checkpoint_meta(classes, dataset, epoch, phase, val, settings) -> dict:
+    # data_dir: `cnnkit evaluate RUN` re-evaluates the held-out images of this folder.
     return {"preprocess": "efficientnet", "input_shape": [3, 224, 224], "classes": list(classes),
-            "dataset": dataset, "epoch": int(epoch), "phase": phase, "base_model": settings["model"],
+            "dataset": dataset, "data_dir": settings["data_dir"], "epoch": int(epoch), "phase": phase, "base_model": settings["model"],
             "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "finetune": settings}
 
 
@@ -285,7 +286,7 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
     t_features = time.perf_counter() - t0
 
     loss_fn = CrossEntropyLoss(weight=weights)
-    settings = {"model": model, "epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size),
+    settings = {"model": model, "data_dir": str(Path(data_dir).resolve()), "epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size),
                 "val_fraction": float(val_fraction), "seed": int(seed), "unfreeze_blocks": int(unfreeze_blocks),
                 "unfreeze_epochs": int(unfreeze_epochs) if unfreeze_blocks else 0,
                 "class_weights": None if weights is None else [float(w) for w in weights],
@@ -359,17 +360,20 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
     return result
 
 
-def evaluate_folder(model: Module | str | os.PathLike, folder: str | os.PathLike, batch_size: int = 16) -> dict:
+def evaluate_folder(model: Module | str | os.PathLike, folder: str | os.PathLike, batch_size: int = 16,
+                    held_out: tuple[float, int] | None = None) -> dict:
     """Accuracy and F1 of a fine-tuned model on another image folder (e.g. a test set).
 
     Args:
         model: a fine-tune output folder or checkpoint (or a loaded model with ``model.meta``).
         folder: ``folder/<class name>/<images>``; its class names must be among the model's.
         batch_size: images per forward pass.
+        held_out: ``(val_fraction, seed)``: only the images ``finetune`` held out of this
+            folder with these settings (the same stratified split); None: every image.
 
     Returns:
         the same metrics as ``finetune``'s ``val``: accuracy, macro_f1, per_class, confusion_matrix
-        (over the model's classes).
+        (over the model's classes), plus ``loss`` (mean cross-entropy) and ``num_samples``.
     """
     from .data import ImageFolder
     from .predict import load_predictor, predict_proba, resolve_meta
@@ -383,9 +387,18 @@ def evaluate_folder(model: Module | str | os.PathLike, folder: str | os.PathLike
     unknown = [c for c in ds.classes if c not in classes]
     if unknown:
         raise ValueError(f"evaluate_folder: classes {unknown} of {folder} are not classes of the model ({classes})")
-    y_true = np.array([classes.index(ds.classes[label]) for _, label in ds.samples], dtype=np.int64)
-    probs = predict_proba(model, [p for p, _ in ds.samples], meta, batch_size)
-    return held_out_report(y_true, probs.argmax(axis=1), classes)
+    samples = list(ds.samples)
+    if held_out is not None:
+        _, val_idx = stratified_split(np.asarray(ds.targets), held_out[0], held_out[1])
+        samples = [samples[i] for i in val_idx]
+    y_true = np.array([classes.index(ds.classes[label]) for _, label in samples], dtype=np.int64)
+    probs = predict_proba(model, [p for p, _ in samples], meta, batch_size)
+    report = held_out_report(y_true, probs.argmax(axis=1), classes)
+    # float64 log of the float32 probabilities; a probability rounded to 0 counts as float32's tiniest.
+    true_p = np.maximum(probs[np.arange(len(y_true)), y_true].astype(np.float64), np.finfo(np.float32).tiny)
+    report["loss"] = float(-np.log(true_p).mean())
+    report["num_samples"] = int(len(y_true))
+    return report
 
 
 def format_report(result: dict) -> str:
