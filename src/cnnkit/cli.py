@@ -4,10 +4,12 @@ Subcommands::
 
     cnnkit train --model fashion_cnn --dataset fashion-mnist --out runs/fmnist   # preset defaults
     cnnkit train --out runs/fmnist --resume                                     # continue a run
-    cnnkit evaluate runs/fmnist [--dataset fashion-mnist]
+    cnnkit evaluate runs/fmnist [--dataset fashion-mnist | --data DIR]          # (cnnkit.evaluate_cli)
     cnnkit summary fashion_cnn [--input-shape 1,28,28]
     cnnkit datasets
     cnnkit predict ... / cnnkit finetune ...   (cnnkit.predict / cnnkit.finetune)
+
+docs/cli.md is the full reference; tests/test_cli_help.py keeps it and ``--help`` in step.
 
 Errors a user can cause (unknown model or dataset, missing files, bad settings) are printed
 as one ``cnnkit: error: ...`` line with exit code 2, not a traceback (set CNNKIT_DEBUG=1 for
@@ -22,7 +24,6 @@ import sys
 from importlib import import_module
 
 from . import __version__
-from . import evaluate_cli
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULERS = ("onecycle", "cosine", "step", "none")
@@ -58,7 +59,8 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--model", help=f"zoo model: {', '.join(names())}")
     p.add_argument("--dataset", help=f"dataset: {', '.join(DATASETS)}")
-    p.add_argument("--out", required=True, help="output folder (checkpoints, metrics.json, history.csv, PNGs)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (checkpoints, run.json, metrics.json, history.csv, PNG plots)")
     p.add_argument("--epochs", type=int, metavar="N", help="number of training epochs")
     p.add_argument("--batch-size", type=int, metavar="N", help="training images per step")
     p.add_argument("--optimizer", choices=OPTIMIZERS,
@@ -78,7 +80,7 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, help="seed of everything random (default 0)")
     p.add_argument("--limit-train", type=int, metavar="N", help="train on a random subset of N images (quick tests)")
     p.add_argument("--limit-test", type=int, metavar="N", help="test on a random subset of N images")
-    _add_data_root(p)
+    add_data_root(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bar")
     p.set_defaults(func=_cmd_train)
@@ -97,20 +99,23 @@ def _cmd_train(args) -> int:
     return EXIT_INTERRUPTED if result.get("interrupted") else 0
 
 
-def _add_data_root(p) -> None:
+def add_data_root(p) -> None:
+    """The ``--data-root DIR`` option of the commands that read built-in datasets."""
     p.add_argument("--data-root", metavar="DIR",
-                   help="extra folder to look for datasets in, first (also: $CNNKIT_DATA); "
-                        "see `cnnkit datasets`")
+                   help="extra folder to look for datasets in, first (also: $CNNKIT_DATA)")
 
 
 def _add_summary(sub) -> None:
     from .models import names
 
-    p = sub.add_parser("summary", help="layer table of a zoo model (output shapes, parameter counts)")
+    p = sub.add_parser("summary", help="layer table of a zoo model (output shapes, parameter counts)",
+                       description="Print a zoo model's layers with their output shapes and parameter "
+                                   "counts for one input of --input-shape.")
     p.add_argument("name", help=f"zoo model: {', '.join(names())}")
     p.add_argument("--input-shape", type=_shape, default=None,
                    help="C,H,W of one input (default 1,28,28; 3,224,224 for ImageNet models)")
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--num-classes", type=int, metavar="K",
+                   help="output classes (default 10; 1000 for 224x224 inputs)")
     p.set_defaults(func=_cmd_summary)
 
 
@@ -140,7 +145,7 @@ def _add_datasets(sub) -> None:
         description="List the built-in datasets (by the names --dataset takes), the folder each split "
                     "is read from, and every place cnnkit looks, in order. A dataset found nowhere is "
                     "downloaded by `cnnkit train` / `cnnkit evaluate` into the cache folder shown.")
-    _add_data_root(p)
+    add_data_root(p)
     p.set_defaults(func=_cmd_datasets)
 
 
@@ -156,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cnnkit", description="Convolutional neural networks from scratch on NumPy.")
     parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from . import evaluate_cli  # imports this module's add_data_root
+
     _add_train(sub)
     evaluate_cli.add_parser(sub)
     _add_summary(sub)

@@ -30,6 +30,8 @@ MAX_PRINTED_CLASSES = 20
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register ``cnnkit evaluate TARGET [--dataset NAME | --data DIR] [--out DIR] ...``."""
+    from .cli import add_data_root
+
     p = sub.add_parser(
         "evaluate", help="test metrics and confusion matrix of a checkpoint or run folder (printed and saved)",
         description="Evaluate a checkpoint: loss, accuracy, per-class precision / recall / F1 and the "
@@ -43,13 +45,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                      "default: the data recorded in the checkpoint")
     p.add_argument("--data", metavar="DIR", help="an image folder DIR/<class>/<images> to evaluate on "
                                                  "(class names as the model's)")
-    p.add_argument("--limit-test", type=int, metavar="N", help="evaluate on a random subset of N test images "
-                                                               "(built-in datasets)")
+    p.add_argument("--limit-test", type=int, metavar="N",
+                   help="evaluate on a random subset of N test images (built-in datasets; default: the "
+                        "run's own --limit-test, so the run's test accuracy is reproduced)")
     p.add_argument("--out", metavar="DIR", help="where to save the results (default: eval-<data>-<checkpoint> "
                                                 "in the checkpoint's folder)")
     p.add_argument("--overwrite", action="store_true", help="replace results already saved in the output folder")
-    p.add_argument("--data-root", metavar="DIR",
-                   help="extra folder to look for datasets in, first (also: $CNNKIT_DATA)")
+    add_data_root(p)
     p.set_defaults(func=run)
     return p
 
@@ -149,7 +151,13 @@ def _evaluate_dataset(model, meta: dict, name: str, limit_test, data_root) -> di
     from .train import evaluate
 
     _, info = presets.dataset_info(name)
-    test = _subset(info.load(False, data_root), limit_test, 0, 2)
+    run = meta.get("run") or {}
+    seed = 0
+    if run.get("dataset") == name:
+        # The run's own test images (its --limit-test subset): the accuracy it printed.
+        seed = int(run.get("seed") or 0)
+        limit_test = run.get("limit_test") if limit_test is None else limit_test
+    test = _subset(info.load(False, data_root), limit_test, seed, 2)
     classes = list(meta.get("classes") or getattr(test, "classes", []))
     shape = meta.get("input_shape")
     x0, _ = test.get_batch([0]) if hasattr(test, "get_batch") else (test[0][0][None], None)

@@ -6,13 +6,16 @@
   ``(pixel - 127) / 128`` (``cnnkit.models.imagenet.efficientnet_preprocess``);
 - otherwise ``meta["input_shape"] = [C, H, W]`` (+ optional ``meta["normalize"] = {"mean": [...],
   "std": [...]}``): resize to H x W, greyscale when C == 1 (RGB when C == 3), scale to [0, 1],
-  normalise per channel. Fashion-MNIST models expect white garments on a black background.
+  normalise per channel. Fashion-MNIST models expect white garments on a black background:
+  when ``meta["input_stats"]`` (kept by ``cnnkit train``) says an image's background or mean
+  intensity is far from the training images', an :class:`InputMismatchWarning` suggests
+  ``invert=True`` (``--invert``), which predicts on the image's negative.
 
 The metadata comes from ``predict(..., meta=...)``, else ``model.meta`` (set by
 ``load_predictor``) or ``model.checkpoint_meta`` (set by ``cnnkit.load``), else the zoo defaults of the model's name
 (``efficientnet_lite0`` with 1000 classes: ImageNet preprocessing and class names).
 
-``cnnkit predict MODEL IMAGE... [--topk 5]``: MODEL is a zoo name (``efficientnet_lite0`` is
+``cnnkit predict MODEL IMAGE... [--topk 5] [--invert]``: MODEL is a zoo name (``efficientnet_lite0`` is
 loaded with its pretrained ImageNet weights), a ``.safetensors`` checkpoint, or a run /
 fine-tune output folder (its best checkpoint is used).
 """
@@ -353,9 +356,9 @@ def run_predict(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, ImportError, RuntimeError, KeyError) as exc:
         print(f"cnnkit predict: error: {exc}", file=sys.stderr)
         return 2
-    for w in caught:
+    for w in caught:  # before the results, which they qualify
         if issubclass(w.category, InputMismatchWarning):
-            print(f"cnnkit predict: warning: {w.message}", file=sys.stderr)
+            print(f"cnnkit predict: warning: {w.message}", file=sys.stderr, flush=True)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     width = max(len(name) for res in results for name, _ in res)
