@@ -47,7 +47,6 @@ def datasets_report(root: str | os.PathLike | None = None) -> str:
     lines.append("Searched, in order (first complete folder wins):")
     for name in BUILTIN:
         _, places = locate(name, lambda f: False, root)
-        places = [("--data-root" if label == "root argument" else label, folder) for label, folder in places]
         lines.append(f" {dataset_info(name)[0]}:")
-        lines.append(describe_places(places))
+        lines.append(describe_places(places, cli=True))
     return "\n".join(lines)

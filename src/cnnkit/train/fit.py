@@ -34,6 +34,10 @@ _STEP_SCHEDULERS = {"OneCycleLR", "CyclicLR"}
 _METRIC_SCHEDULERS = {"ReduceLROnPlateau"}
 
 
+def _steps_with_metric(scheduler) -> bool:
+    return any(k.__name__ in _METRIC_SCHEDULERS for k in type(scheduler).__mro__)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Raised by :func:`fit` after a Ctrl-C.
 
@@ -111,7 +115,7 @@ class TrainingLoop:
             scheduler_interval = "step" if type(scheduler).__name__ in _STEP_SCHEDULERS else "epoch"
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"fit: scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
-        if scheduler_interval == "step" and type(scheduler).__name__ in _METRIC_SCHEDULERS:
+        if scheduler_interval == "step" and _steps_with_metric(scheduler):
             raise ValueError(f"fit: {type(scheduler).__name__} steps once per epoch with the validation loss; "
                              "use scheduler_interval='epoch' (the default for it)")
         if int(epochs) < 0 or int(initial_epoch) < 0:
@@ -299,7 +303,7 @@ class TrainingLoop:
         logs["time"] = self._elapsed
         logs["images_per_sec"] = self._seen / max(self._elapsed, 1e-9)
         if self.scheduler is not None and self.scheduler_interval == "epoch":
-            if type(self.scheduler).__name__ in _METRIC_SCHEDULERS:
+            if _steps_with_metric(self.scheduler):
                 self.scheduler.step(logs.get("val_loss", logs["loss"]))
             else:
                 self.scheduler.step()
