@@ -42,7 +42,24 @@ def format_epoch_line(epoch: int, epochs: int, logs: dict) -> str:
     return "  ".join(parts)
 
 
-class EpochProgress:
+class _Bar:
+    """A tqdm bar (``self._bar``, None when not shown), closed at the end of a ``with``."""
+
+    _bar = None
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class EpochProgress(_Bar):
     """A tqdm bar over one epoch's batches showing running loss, accuracy and images/s.
 
     Args:
@@ -82,19 +99,8 @@ class EpochProgress:
             post["img/s"] = f"{images_per_sec:.0f}"
             self._bar.set_postfix(post, refresh=False)
 
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
-    def __enter__(self) -> "EpochProgress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class EvalProgress:
+class EvalProgress(_Bar):
     """A tqdm bar over the batches of an evaluation (validation or test set), drawn on stderr
     only when it is a terminal, like :class:`EpochProgress`.
 
@@ -114,14 +120,3 @@ class EvalProgress:
     def update(self, n: int = 1) -> None:
         if self._bar is not None:
             self._bar.update(n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-    def __enter__(self) -> "EvalProgress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
