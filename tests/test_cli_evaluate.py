@@ -68,8 +68,9 @@ def test_evaluate_never_overwrites_without_the_flag(run, tmp_path, capsys):
         "confusion_matrix.png", "confusion_matrix.txt", "evaluation.json"]
 
 
-def _write_folder(root, classes, per_class, seed=0):
-    """PNG files root/<class>/<i>.png: the generated training patterns of those classes."""
+def _write_folder(root, classes, per_class, negative=False):
+    """PNG files root/<class>/<i>.png: the generated training images of those classes (or
+    their negatives: dark items on white)."""
     from cnnkit.data import FashionMNIST
 
     ds = FashionMNIST(train=True, download=False)
@@ -77,7 +78,7 @@ def _write_folder(root, classes, per_class, seed=0):
         (root / name).mkdir(parents=True)
         label = FASHION_CLASSES.index(name)
         for j, i in enumerate(np.flatnonzero(ds.targets == label)[:per_class]):
-            Image.fromarray(ds.data[i]).save(root / name / f"{j}.png")
+            Image.fromarray(255 - ds.data[i] if negative else ds.data[i]).save(root / name / f"{j}.png")
     return root
 
 
@@ -85,13 +86,21 @@ def test_evaluate_an_image_folder(run, tmp_path, capsys):
     folder = _write_folder(tmp_path / "shoes", ["Sandal", "Sneaker", "Ankle boot"], 4)
     capsys.readouterr()
     assert main(["evaluate", str(run), "--data", str(folder)]) == 0
-    text = capsys.readouterr().out
+    printed = capsys.readouterr()
+    text = printed.out
+    assert "warning" not in printed.err
     report = json.loads((run / "eval-shoes-best" / "evaluation.json").read_text())
     cm = np.array(report["confusion_matrix"])
     assert cm.shape == (10, 10) and cm.sum() == report["num_samples"] == 12
     # Only the three shoe rows hold images, four each.
     assert cm.sum(axis=1).tolist() == [0, 0, 0, 0, 0, 4, 0, 4, 0, 4]
     np.testing.assert_array_equal(_printed_matrix(text, 10), cm)
+
+    # Dark items on white, for a model of light items on black: one warning line for the folder.
+    photos = _write_folder(tmp_path / "photos", ["Sandal", "Bag"], 3, negative=True)
+    assert main(["evaluate", str(run), "--data", str(photos)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning: 6 of 6 images look unlike the training images" in err
 
 
 def test_evaluate_the_folder_a_fine_tune_recorded(run, tmp_path, capsys):

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -180,8 +182,19 @@ def _evaluate_dataset(model, meta: dict, name: str, limit_test, data_root) -> di
 def _evaluate_folder(model, meta: dict, folder: Path, held_out) -> dict:
     from .finetune import evaluate_folder
 
+    from .predict import InputMismatchWarning
+
     model.meta = meta  # the checkpoint's preprocessing and class names
-    rep = evaluate_folder(model, folder, held_out=held_out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputMismatchWarning)
+        rep = evaluate_folder(model, folder, held_out=held_out)
+    unlike = [str(w.message) for w in caught if issubclass(w.category, InputMismatchWarning)]
+    for w in caught:
+        if not issubclass(w.category, InputMismatchWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if unlike:  # one line for the lot: a folder of product photos would otherwise flood the screen
+        print(f"cnnkit evaluate: warning: {len(unlike)} of {rep['num_samples']} images look unlike the "
+              f"training images, e.g. {unlike[0]}", file=sys.stderr)
     keys = ("num_samples", "accuracy", "loss", "per_class", "macro_precision", "macro_recall", "macro_f1",
             "confusion_matrix")
     return {**{k: rep[k] for k in keys[:3]}, "classes": list(rep["per_class"]), **{k: rep[k] for k in keys[3:]}}
