@@ -179,7 +179,7 @@ def test_progress_bar_draws_when_forced():
 
 def test_epoch_line_leaves_out_missing_metrics():
     line = format_epoch_line(2, 10, {"loss": 0.25, "lr": 0.1, "time": 1.5, "images_per_sec": 100})
-    assert line == "epoch  2/10  loss 0.2500  lr 0.1  1.5s  100 img/s"
+    assert line == "epoch  2/10  loss 0.2500  lr 1.00e-01  1.5s  100 img/s"
 
 
 def test_history_pads_missing_metrics_with_nan_and_round_trips():

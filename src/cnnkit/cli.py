@@ -4,10 +4,12 @@ Subcommands::
 
     cnnkit train --model fashion_cnn --dataset fashion-mnist --out runs/fmnist   # preset defaults
     cnnkit train --out runs/fmnist --resume                                     # continue a run
-    cnnkit evaluate runs/fmnist [--dataset fashion-mnist]
+    cnnkit evaluate runs/fmnist [--dataset fashion-mnist | --data DIR]          # (cnnkit.evaluate_cli)
     cnnkit summary fashion_cnn [--input-shape 1,28,28]
     cnnkit datasets
     cnnkit predict ... / cnnkit finetune ...   (cnnkit.predict / cnnkit.finetune)
+
+docs/cli.md is the full reference; tests/test_cli_help.py keeps it and ``--help`` in step.
 
 Errors a user can cause (unknown model or dataset, missing files, bad settings) are printed
 as one ``cnnkit: error: ...`` line with exit code 2, not a traceback (set CNNKIT_DEBUG=1 for
@@ -22,6 +24,9 @@ import sys
 from importlib import import_module
 
 from .info import VersionAction
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULERS = ("onecycle", "cosine", "step", "none")
 
 EXIT_INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
 
@@ -59,22 +64,28 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--model", help=f"zoo model: {', '.join(names())}")
     p.add_argument("--dataset", help=f"dataset: {', '.join(DATASETS)}")
-    p.add_argument("--out", required=True, help="output folder (checkpoints, metrics.json, history.csv, PNGs)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (checkpoints, run.json, metrics.json, history.csv, PNG plots)")
+    p.add_argument("--epochs", type=int, metavar="N", help="number of training epochs")
+    p.add_argument("--batch-size", type=int, metavar="N", help="training images per step")
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="sgd (with --momentum, Nesterov), adam, adamw (decoupled weight decay) or rmsprop")
     p.add_argument("--lr", type=float, help="learning rate (the peak lr for --scheduler onecycle)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--momentum", type=float, help="SGD momentum (Nesterov when > 0)")
-    p.add_argument("--scheduler", choices=["onecycle", "cosine", "step", "none"])
+    p.add_argument("--weight-decay", type=float, metavar="W",
+                   help="L2 penalty (decoupled for adamw); default: the preset's, else the optimizer's own")
+    p.add_argument("--momentum", type=float, help="SGD momentum (Nesterov when > 0); other optimizers ignore it")
+    p.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="learning-rate schedule: onecycle (per step, warm-up then anneal), cosine (per "
+                        "epoch), step (x0.1 every third of the epochs) or none (constant)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crops (+ horizontal flips where they keep the label)")
-    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--label-smoothing", type=float, metavar="EPS",
+                   help="cross-entropy label smoothing in [0, 1) (0: none)")
     p.add_argument("--val-fraction", type=float, help="share of the training set held out for validation")
     p.add_argument("--seed", type=int, help="seed of everything random (default 0)")
-    p.add_argument("--limit-train", type=int, help="train on a random subset of N images (quick tests)")
-    p.add_argument("--limit-test", type=int, help="test on a random subset of N images")
-    p.add_argument("--data-root", help="extra folder to look for datasets in (also: $CNNKIT_DATA)")
+    p.add_argument("--limit-train", type=int, metavar="N", help="train on a random subset of N images (quick tests)")
+    p.add_argument("--limit-test", type=int, metavar="N", help="test on a random subset of N images")
+    add_data_root(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (without it, such a folder is refused)")
@@ -95,30 +106,23 @@ def _cmd_train(args) -> int:
     return EXIT_INTERRUPTED if result.get("interrupted") else 0
 
 
-def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="test accuracy, loss and per-class metrics of a checkpoint or run folder")
-    p.add_argument("target", help="a .safetensors checkpoint or a `cnnkit train` output folder")
-    p.add_argument("--dataset", help="default: the dataset recorded in the checkpoint")
-    p.add_argument("--limit-test", type=int)
-    p.add_argument("--data-root")
-    p.set_defaults(func=_cmd_evaluate)
-
-
-def _cmd_evaluate(args) -> int:
-    from .runner import run_evaluate
-
-    run_evaluate(args.target, args.dataset, args.limit_test, args.data_root)
-    return 0
+def add_data_root(p) -> None:
+    """The ``--data-root DIR`` option of the commands that read built-in datasets."""
+    p.add_argument("--data-root", metavar="DIR",
+                   help="extra folder to look for datasets in, first (also: $CNNKIT_DATA)")
 
 
 def _add_summary(sub) -> None:
     from .models import names
 
-    p = sub.add_parser("summary", help="layer table of a zoo model (output shapes, parameter counts)")
+    p = sub.add_parser("summary", help="layer table of a zoo model (output shapes, parameter counts)",
+                       description="Print a zoo model's layers with their output shapes and parameter "
+                                   "counts for one input of --input-shape.")
     p.add_argument("name", help=f"zoo model: {', '.join(names())}")
     p.add_argument("--input-shape", type=_shape, default=None,
                    help="C,H,W of one input (default 1,28,28; 3,224,224 for ImageNet models)")
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--num-classes", type=int, metavar="K",
+                   help="output classes (default 10; 1000 for 224x224 inputs)")
     p.set_defaults(func=_cmd_summary)
 
 
@@ -149,8 +153,12 @@ def _cmd_summary(args) -> int:
 
 
 def _add_datasets(sub) -> None:
-    p = sub.add_parser("datasets", help="which datasets are found where")
-    p.add_argument("--data-root")
+    p = sub.add_parser(
+        "datasets", help="which datasets are found where",
+        description="List the built-in datasets (by the names --dataset takes), the folder each split "
+                    "is read from, and every place cnnkit looks, in order. A dataset found nowhere is "
+                    "downloaded by `cnnkit train` / `cnnkit evaluate` into the cache folder shown.")
+    add_data_root(p)
     p.set_defaults(func=_cmd_datasets)
 
 
@@ -180,8 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cnnkit", description="Convolutional neural networks from scratch on NumPy.")
     parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from . import evaluate_cli  # imports this module's add_data_root
+
     _add_train(sub)
-    _add_evaluate(sub)
+    evaluate_cli.add_parser(sub)
     _add_summary(sub)
     _add_datasets(sub)
     for module in ("predict", "finetune", "info"):
@@ -226,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("CNNKIT_DEBUG"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        message = getattr(exc, "cli_message", None) or message  # e.g. a dataset not found
         if not _quiet_rank(exc):
             print(f"cnnkit: error: {message}", file=sys.stderr)
         _end_mpi_job(2)

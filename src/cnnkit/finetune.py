@@ -20,8 +20,9 @@ How it works, and why it is fast:
    through those blocks only.
 5. Every epoch is evaluated on the held-out split (accuracy, per-class and macro F1); the best
    epoch by macro F1 is saved to ``out_dir/best.safetensors`` with the metadata that
-   ``cnnkit predict`` needs; the final weights go to ``last.safetensors`` and
-   ``out_dir/report.json`` records the run.
+   ``cnnkit predict`` needs; the final weights go to ``last.safetensors``,
+   ``out_dir/report.json`` records the run, and the plots ``cnnkit train`` writes are drawn
+   (``curves.png``, ``confusion_matrix.png``, ``predictions.png``, ``filters.png``).
 
 ``cnnkit finetune --model efficientnet_lite0 --data FOLDER --out DIR [--epochs --lr
 --batch-size --unfreeze-blocks --seed]`` runs the same from the command line.
@@ -156,19 +157,22 @@ class _Trainer:
         self.net, self.loss_fn, self.opt = net, loss_fn, optimizer
         self.batch_size, self.rng = batch_size, rng
 
-    def epoch(self, x: np.ndarray, y: np.ndarray) -> float:
+    def epoch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """One pass over ``(x, y)``; returns the mean training loss and accuracy."""
         self.net.train()
         order = self.rng.permutation(len(x))
-        total, n = 0.0, 0
+        total, n, correct = 0.0, 0, 0
         for i in range(0, len(x), self.batch_size):
             idx = order[i:i + self.batch_size]
             self.opt.zero_grad()
-            loss = self.loss_fn(self.net(Tensor._wrap(x[idx])), Tensor._wrap(y[idx]))
+            out = self.net(Tensor._wrap(x[idx]))
+            loss = self.loss_fn(out, Tensor._wrap(y[idx]))
             loss.backward()
             self.opt.step()
             total += float(loss) * len(idx)
             n += len(idx)
-        return total / max(n, 1)
+            correct += int(np.count_nonzero(np.asarray(out).argmax(axis=1) == y[idx]))
+        return total / max(n, 1), correct / max(n, 1)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         self.net.eval()
@@ -185,8 +189,9 @@ def _make_net(modules: list[Module]):
 
 
 def _checkpoint_meta(classes, dataset, epoch, phase, val, settings) -> dict:
+    # data_dir: `cnnkit evaluate RUN` re-evaluates the held-out images of this folder.
     return {"preprocess": "efficientnet", "input_shape": [3, 224, 224], "classes": list(classes),
-            "dataset": dataset, "epoch": int(epoch), "phase": phase, "base_model": settings["model"],
+            "dataset": dataset, "data_dir": settings["data_dir"], "epoch": int(epoch), "phase": phase, "base_model": settings["model"],
             "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"], "finetune": settings}
 
 
@@ -200,8 +205,8 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
 
     Args:
         data_dir: ``data_dir/<class name>/<image files>`` (any size; colour or grey).
-        out_dir: where ``best.safetensors``, ``last.safetensors`` and ``report.json`` are written
-            (created if needed).
+        out_dir: where ``best.safetensors``, ``last.safetensors``, ``report.json`` and the plots
+            (``PLOTS``) are written (created if needed).
         model: the pretrained zoo model (``"efficientnet_lite0"``).
         epochs: epochs of classifier training on the cached features.
         lr: AdamW learning rate of the classifier.
@@ -295,7 +300,7 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
     t_features = time.perf_counter() - t0
 
     loss_fn = CrossEntropyLoss(weight=weights)
-    settings = {"model": model, "epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size),
+    settings = {"model": model, "data_dir": str(Path(data_dir).resolve()), "epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size),
                 "val_fraction": float(val_fraction), "seed": int(seed), "unfreeze_blocks": int(unfreeze_blocks),
                 "unfreeze_epochs": int(unfreeze_epochs) if unfreeze_blocks else 0,
                 "class_weights": None if weights is None else [float(w) for w in weights],
@@ -304,13 +309,14 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
     best: dict[str, Any] = {"f1": -1.0}
     ckpt_path = out_dir / CHECKPOINT_NAME
 
-    def consider(phase: str, epoch: int, train_loss: float, logits: np.ndarray) -> None:
+    def consider(phase: str, epoch: int, train_loss: float, train_acc: float, logits: np.ndarray) -> None:
         val = held_out_report(y_val, logits.argmax(axis=1), classes)
-        history.append({"phase": phase, "epoch": epoch, "train_loss": train_loss,
-                        "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
+        val_loss = float(loss_fn(logits, y_val))
+        history.append({"phase": phase, "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                        "val_loss": val_loss, "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
         mark = ""
         if val["macro_f1"] > best["f1"]:
-            best.update(f1=val["macro_f1"], val=val, epoch=epoch, phase=phase)
+            best.update(f1=val["macro_f1"], val=val, epoch=epoch, phase=phase, preds=logits.argmax(axis=1))
             net.eval()
             save(net, ckpt_path, meta=_checkpoint_meta(classes, ds.name, epoch, phase, val, settings))
             mark = "  * saved"
@@ -325,8 +331,8 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
         trainer = _Trainer(view, loss_fn, AdamW(params, lr=phase_lr, weight_decay=weight_decay), batch_size, rng)
         try:
             for epoch in range(1, n_epochs + 1):
-                loss = trainer.epoch(x_tr, y_train)
-                consider(phase, epoch, loss, trainer.logits(x_val))
+                loss, acc = trainer.epoch(x_tr, y_train)
+                consider(phase, epoch, loss, acc, trainer.logits(x_val))
         finally:
             view.needs_input_grad = True  # the view switched it off on the model's own first layer
             net.eval()
@@ -366,21 +372,47 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, model: str
     from .io.atomic import atomic_write_text
 
     atomic_write_text(out_dir / REPORT_NAME, json.dumps(result, indent=2))
+    _write_plots(out_dir, net, history, best, [samples[i] for i in val_idx], y_val, classes)
     log(format_report(result))
     return result
 
 
-def evaluate_folder(model: Module | str | os.PathLike, folder: str | os.PathLike, batch_size: int = 16) -> dict:
+PLOTS = ("curves.png", "confusion_matrix.png", "predictions.png", "filters.png")
+
+
+def _write_plots(out_dir: Path, net, history: list[dict], best: dict, val_samples, y_val, classes) -> None:
+    """The plots `cnnkit train` writes: learning curves (the epochs of both phases in a row),
+    the best epoch's held-out confusion matrix and predictions, the first layer's filters."""
+    from . import plots
+
+    curves = {"loss": [h["train_loss"] for h in history], "val_loss": [h["val_loss"] for h in history],
+              "accuracy": [h["train_accuracy"] for h in history],
+              "val_accuracy": [h["val_accuracy"] for h in history]}
+    plots.plot_history(curves, out_dir / PLOTS[0])
+    plots.plot_confusion_matrix(np.asarray(best["val"]["confusion_matrix"]), classes, out_dir / PLOTS[1])
+    n = min(25, len(val_samples))
+    # Back from EfficientNet's (pixel - 127) / 128 to [0, 1]: the crops exactly as the model saw them.
+    shown = np.clip((efficientnet_batch([p for p, _ in val_samples[:n]]) * 128 + 127) / 255, 0, 1)
+    plots.plot_predictions(shown, y_val[:n], best["preds"][:n], classes, out_dir / PLOTS[2], max_images=n)
+    weight = plots.first_conv_weight(net)
+    if weight is not None:
+        plots.plot_filters(weight, out_dir / PLOTS[3])
+
+
+def evaluate_folder(model: Module | str | os.PathLike, folder: str | os.PathLike, batch_size: int = 16,
+                    held_out: tuple[float, int] | None = None) -> dict:
     """Accuracy and F1 of a fine-tuned model on another image folder (e.g. a test set).
 
     Args:
         model: a fine-tune output folder or checkpoint (or a loaded model with ``model.meta``).
         folder: ``folder/<class name>/<images>``; its class names must be among the model's.
         batch_size: images per forward pass.
+        held_out: ``(val_fraction, seed)``: only the images ``finetune`` held out of this
+            folder with these settings (the same stratified split); None: every image.
 
     Returns:
         the same metrics as ``finetune``'s ``val``: accuracy, macro_f1, per_class, confusion_matrix
-        (over the model's classes).
+        (over the model's classes), plus ``loss`` (mean cross-entropy) and ``num_samples``.
     """
     from .data import ImageFolder
     from .predict import load_predictor, predict_proba, resolve_meta
@@ -394,9 +426,18 @@ def evaluate_folder(model: Module | str | os.PathLike, folder: str | os.PathLike
     unknown = [c for c in ds.classes if c not in classes]
     if unknown:
         raise ValueError(f"evaluate_folder: classes {unknown} of {folder} are not classes of the model ({classes})")
-    y_true = np.array([classes.index(ds.classes[label]) for _, label in ds.samples], dtype=np.int64)
-    probs = predict_proba(model, [p for p, _ in ds.samples], meta, batch_size)
-    return held_out_report(y_true, probs.argmax(axis=1), classes)
+    samples = list(ds.samples)
+    if held_out is not None:
+        _, val_idx = stratified_split(np.asarray(ds.targets), held_out[0], held_out[1])
+        samples = [samples[i] for i in val_idx]
+    y_true = np.array([classes.index(ds.classes[label]) for _, label in samples], dtype=np.int64)
+    probs = predict_proba(model, [p for p, _ in samples], meta, batch_size)
+    report = held_out_report(y_true, probs.argmax(axis=1), classes)
+    # float64 log of the float32 probabilities; a probability rounded to 0 counts as float32's tiniest.
+    true_p = np.maximum(probs[np.arange(len(y_true)), y_true].astype(np.float64), np.finfo(np.float32).tiny)
+    report["loss"] = float(-np.log(true_p).mean())
+    report["num_samples"] = int(len(y_true))
+    return report
 
 
 def format_report(result: dict) -> str:
@@ -428,9 +469,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Transfer learning: freeze the pretrained backbone, cache its features once, train a new "
                     "classifier (class-weighted), keep the best epoch by held-out macro F1. "
                     "Then: cnnkit predict OUT_DIR IMAGE...")
-    p.add_argument("--model", default="efficientnet_lite0", choices=SUPPORTED_MODELS)
+    p.add_argument("--model", default="efficientnet_lite0", choices=SUPPORTED_MODELS,
+                   help="the pretrained model to adapt (default efficientnet_lite0)")
     p.add_argument("--data", required=True, metavar="FOLDER", help="image folder: FOLDER/<class>/<images>")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (best.safetensors, report.json)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (best.safetensors, last.safetensors, report.json, curves.png, "
+                        "confusion_matrix.png, predictions.png, filters.png)")
     p.add_argument("--epochs", type=int, default=30, help="classifier epochs (default 30)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
@@ -439,7 +483,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="also train the last N blocks afterwards (default 0)")
     p.add_argument("--unfreeze-epochs", type=int, default=3, help="epochs with unfrozen blocks (default 3)")
     p.add_argument("--no-class-weights", action="store_true", help="do not weight the loss by class frequency")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and shuffling (default 0)")
     p.add_argument("--test", default=None, metavar="FOLDER",
                    help="also evaluate the best checkpoint on this image folder (same class names)")
     p.add_argument("--weights", default=None, metavar="PTH",

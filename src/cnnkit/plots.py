@@ -26,7 +26,8 @@ def _save(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> str:
 
 
 def plot_history(history, path: str | os.PathLike) -> str:
-    """Loss (left) and accuracy (right, when recorded) per epoch, training and validation.
+    """Loss (left) and accuracy (right, when recorded) per epoch, training and validation
+    (:func:`history_figure`), written as a PNG.
 
     Args:
         history: a ``cnnkit.train.History`` or its ``.history`` dict.
@@ -35,20 +36,43 @@ def plot_history(history, path: str | os.PathLike) -> str:
     Returns:
         ``path`` as a string.
     """
+    return _save(history_figure(history), path)
+
+
+# Above this many epochs the points are small and the epoch ticks left to matplotlib.
+_FEW_EPOCHS = 20
+
+
+def history_figure(history) -> Figure:
+    """The figure of :func:`plot_history`. A single epoch is drawn as labelled bars (training
+    next to validation) rather than lone dots; a few epochs get large markers on integer ticks."""
     hist = getattr(history, "history", history)
     epochs = list(getattr(history, "epochs", [])) or list(range(1, len(hist.get("loss", [])) + 1))
     panels = [("loss", "loss")] + ([("accuracy", "accuracy")] if "accuracy" in hist else [])
     fig = Figure(figsize=(5.5 * len(panels), 4))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (key, title) in zip(axes, panels):
-        for name, label, style in ((key, "train", "o-"), (f"val_{key}", "validation", "s--")):
-            if name in hist:
-                ax.plot(epochs, hist[name], style, label=label, markersize=4)
+        series = [(name, label, style) for name, label, style in
+                  ((key, "train", "o-"), (f"val_{key}", "validation", "s--")) if name in hist]
+        if len(epochs) == 1:
+            bars = ax.bar([label for _, label, _ in series], [hist[name][0] for name, _, _ in series],
+                          color=["C0", "C1"][:len(series)], width=0.5)
+            ax.bar_label(bars, fmt="%.4f")
+            ax.margins(y=0.15)  # room for the value labels
+            ax.set_xlabel(f"epoch {epochs[0]} (one epoch)")
+            ax.set_title(title)
+            ax.grid(True, axis="y", alpha=0.3)
+            continue
+        few = len(epochs) <= _FEW_EPOCHS
+        for name, label, style in series:
+            ax.plot(epochs, hist[name], style, label=label, markersize=7 if few else 4)
+        if few:
+            ax.set_xticks(epochs)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
         ax.legend()
-    return _save(fig, path)
+    return fig
 
 
 def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: str | os.PathLike,

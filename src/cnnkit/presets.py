@@ -19,6 +19,7 @@ class DatasetInfo:
         mean, std: per-channel statistics of the training images (scaled to [0, 1]).
         crop_padding: padding of the random-crop augmentation.
         hflip: whether horizontal flips keep the label meaningful (not for digits).
+        shape: (C, H, W) of one image, to check a model against before any data is read.
     """
 
     cls_name: str
@@ -26,6 +27,7 @@ class DatasetInfo:
     std: tuple[float, ...]
     crop_padding: int
     hflip: bool
+    shape: tuple[int, int, int]
 
     def load(self, train: bool, root=None):
         from . import data
@@ -35,10 +37,11 @@ class DatasetInfo:
 
 DATASETS: dict[str, DatasetInfo] = {
     # Statistics of the 60000 / 50000 training images.
-    "fashion-mnist": DatasetInfo("FashionMNIST", (0.2860,), (0.3530,), crop_padding=2, hflip=True),
-    "mnist": DatasetInfo("MNIST", (0.1307,), (0.3081,), crop_padding=2, hflip=False),
+    "fashion-mnist": DatasetInfo("FashionMNIST", (0.2860,), (0.3530,), crop_padding=2, hflip=True,
+                                 shape=(1, 28, 28)),
+    "mnist": DatasetInfo("MNIST", (0.1307,), (0.3081,), crop_padding=2, hflip=False, shape=(1, 28, 28)),
     "cifar10": DatasetInfo("CIFAR10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                           crop_padding=4, hflip=True),
+                           crop_padding=4, hflip=True, shape=(3, 32, 32)),
 }
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
             "cifar-10": "cifar10", "cifar_10": "cifar10"}
@@ -76,3 +79,19 @@ MODEL_PRESETS: dict[str, dict] = {
 def preset_for(model: str) -> dict:
     """The training defaults for ``model`` (a fresh dict)."""
     return {**DEFAULT_PRESET, **MODEL_PRESETS.get(model, {})}
+
+
+def check_model_fits_dataset(model: str, dataset: str) -> None:
+    """Raise a one-line ValueError when zoo ``model`` cannot take ``dataset``'s images (e.g. a
+    32x32 CIFAR network on 28x28 Fashion-MNIST), naming what it needs, what the dataset gives,
+    and the datasets that fit."""
+    from .models.registry import input_size_problem
+
+    name, info = dataset_info(dataset)
+    need = input_size_problem(model, *info.shape[1:])
+    if need is None:
+        return
+    fitting = [n for n, i in DATASETS.items() if input_size_problem(model, *i.shape[1:]) is None]
+    raise ValueError(f"model {model} needs {need}, but {name} images are {'x'.join(map(str, info.shape))} "
+                     f"(C x H x W); " + (f"datasets that fit: {', '.join(fitting)}" if fitting
+                                         else "no built-in dataset fits it"))

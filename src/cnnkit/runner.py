@@ -53,6 +53,7 @@ def resolve_config(given: dict) -> dict:
     if given["model"] not in names():
         raise ValueError(f"unknown model {given['model']!r}; available models: {', '.join(names())}")
     dataset, _ = presets.dataset_info(given["dataset"])
+    presets.check_model_fits_dataset(given["model"], dataset)
     config = presets.preset_for(given["model"])
     config.update({k: v for k, v in given.items() if v is not None})
     config["dataset"] = dataset
@@ -111,7 +112,7 @@ def validate_config(config: dict, source: str | None = None) -> None:
                 (high is not None and (value > high if high_ok else value >= high)):
             raise ValueError(f"{where}{flag} must be {expected}, got {value!r}")
     for key, allowed in (("scheduler", ("onecycle", "cosine", "step", "none")),
-                         ("optimizer", ("sgd", "adam", "adamw"))):
+                         ("optimizer", ("sgd", "adam", "adamw", "rmsprop"))):
         if config.get(key) not in allowed:
             raise ValueError(f"{where}--{key} must be {', '.join(allowed)}, got {config.get(key)!r}")
     if not isinstance(config.get("augment"), bool):
@@ -212,6 +213,12 @@ def build_data(config: dict, data_root=None) -> dict:
     input_shape = [int(v) for v in x0.shape[1:]]
     norm = Normalize(info.mean, info.std)
     train_tf = [norm]
+    # Statistics of (a sample of) the training images, kept in the checkpoints: `cnnkit predict`
+    # warns about inputs far from them (e.g. a dark item on white for a light-on-black dataset).
+    from .predict import input_statistics
+
+    sample = np.sort(np.random.default_rng([seed, 3]).permutation(len(full_train))[:2000])
+    stats = input_statistics(full_train.get_batch(sample)[0])
     if config["augment"]:
         aug = [RandomCrop(input_shape[1:], padding=info.crop_padding)]
         if info.hflip:
@@ -228,6 +235,7 @@ def build_data(config: dict, data_root=None) -> dict:
         "classes": classes,
         "input_shape": input_shape,
         "normalize": {"mean": list(info.mean), "std": list(info.std)},
+        "input_stats": stats,
     }
 
 
@@ -254,6 +262,8 @@ def build_optimizer(config: dict, params):
         return optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, **extra)
     if kind == "adam":
         return optim.Adam(params, lr=lr, **extra)
+    if kind == "rmsprop":
+        return optim.RMSprop(params, lr=lr, **extra)
     return optim.AdamW(params, lr=lr, **extra)
 
 
@@ -302,7 +312,13 @@ def run_train(config: dict, out: str | os.PathLike, resume: bool = False, data_r
     is_root = comm is None or comm.is_root
     if not is_root:
         print_fn = _silent  # under mpiexec only rank 0 prints and writes files
-    else:
+    done = _completed_run(out, config) if resume else None
+    if done is not None:
+        print_fn(f"{out} holds a complete run ({done['epochs_trained']}/{config['epochs']} epochs, test accuracy "
+                 f"{100 * done['test_accuracy']:.2f}%): nothing to resume, no file changed. "
+                 f"See {out / 'metrics.json'}, or: cnnkit evaluate {out}")
+        return {**done, "already_complete": True}
+    if is_root:
         check_out_folder(out, resume, overwrite)
     manual_seed(int(config["seed"]))
     d = build_data(config, data_root)
@@ -320,7 +336,7 @@ def run_train(config: dict, out: str | os.PathLike, resume: bool = False, data_r
     scheduler = build_scheduler(config, optimizer, len(d["train"]))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(config["label_smoothing"]))
     meta = {"classes": d["classes"], "input_shape": d["input_shape"], "normalize": d["normalize"],
-            "dataset": config["dataset"], "run": config}
+            "input_stats": d["input_stats"], "dataset": config["dataset"], "run": config}
     has_val = d["val"] is not None
     callbacks = [
         ModelCheckpoint(out / LAST, meta=meta),
@@ -354,14 +370,30 @@ def run_train(config: dict, out: str | os.PathLike, resume: bool = False, data_r
         return {"interrupted": True, "epoch": exc.epoch, "batch": exc.batch, "checkpoint": str(where)}
     if comm is not None and not comm.is_root:
         return {"rank": comm.rank}
-    return _finish(config, out, model, loss_fn, history, d, callbacks[1], t_start, print_fn)
+    return _finish(config, out, model, loss_fn, history, d, callbacks[1], t_start, print_fn, verbose)
 
 
 def _silent(*args, **kwargs) -> None:
     return None
 
 
-def _finish(config, out: Path, model, loss_fn, history, d, best_cb, t_start, print_fn) -> dict:
+def _completed_run(out: Path, config: dict) -> dict | None:
+    """The metrics of the run in ``out`` when it is finished (every epoch trained, tested:
+    metrics.json matches last.safetensors), else None."""
+    from .io.checkpoint import load_checkpoint
+
+    metrics_path, last = out / "metrics.json", out / LAST
+    if not (metrics_path.is_file() and last.is_file()):
+        return None
+    state = (load_checkpoint(last).meta or {}).get("train_state") or {}
+    metrics = json.loads(metrics_path.read_text())
+    done = int(state.get("epoch", -1))
+    if int(state.get("batch", 0)) or done < int(config["epochs"]) or metrics.get("epochs_trained") != done:
+        return None
+    return metrics
+
+
+def _finish(config, out: Path, model, loss_fn, history, d, best_cb, t_start, print_fn, verbose=1) -> dict:
     """Test the best checkpoint's weights; write metrics.json and the plots; print the result."""
     from . import plots
     from .io.atomic import atomic_write_text
@@ -375,7 +407,7 @@ def _finish(config, out: Path, model, loss_fn, history, d, best_cb, t_start, pri
     if len(history):
         write_history_csv(history, out / "history.csv")
     classes = d["classes"]
-    result = evaluate(model, d["test"], loss_fn, num_classes=len(classes))
+    result = evaluate(model, d["test"], loss_fn, num_classes=len(classes), progress="test" if verbose else None)
     cm = np.asarray(result["confusion_matrix"])
     per_class = {name: {k: result[k][i] for k in ("precision", "recall", "f1", "support") if k in result}
                  for i, name in enumerate(classes)}
@@ -414,48 +446,3 @@ def _plot_predictions(model, d, path, n: int = 25) -> None:
     model.eval()
     preds = model(d["normalize_fn"](x)).argmax(axis=1)
     plots.plot_predictions(x, y, preds, d["classes"], path, max_images=n)
-
-
-def run_evaluate(target: str | os.PathLike, dataset: str | None = None, limit_test: int | None = None,
-                 data_root=None, print_fn: Callable[[str], Any] = print) -> dict:
-    """Evaluate a checkpoint (or a run folder's best one) on a dataset's test split.
-
-    Returns:
-        ``evaluate``'s dict (accuracy, loss, per-class metrics, confusion matrix).
-    """
-    from . import nn
-    from .data import DataLoader
-    from .data.transforms import Normalize
-    from .io.checkpoint import load
-    from .train import evaluate
-
-    path = Path(target)
-    if path.is_dir():
-        candidates = [path / BEST, path / LAST]
-        found = [c for c in candidates if c.is_file()]
-        if not found:
-            raise FileNotFoundError(f"{path} holds no checkpoint ({BEST} or {LAST})")
-        path = found[0]
-    elif not path.is_file():
-        raise FileNotFoundError(f"no such checkpoint or run folder: {path}")
-    model = load(path)
-    meta = getattr(model, "checkpoint_meta", None) or {}
-    name = dataset or meta.get("dataset")
-    if not name:
-        raise ValueError(f"{path} does not record its dataset; pass --dataset "
-                         f"({', '.join(presets.DATASETS)})")
-    name, info = presets.dataset_info(name)
-    test = _subset(info.load(False, data_root), limit_test, 0, 2)
-    norm = meta.get("normalize") or {"mean": list(info.mean), "std": list(info.std)}
-    loader = DataLoader(test, batch_size=256, transform=Normalize(norm["mean"], norm["std"]))
-    result = evaluate(model, loader, nn.CrossEntropyLoss())
-    classes = meta.get("classes") or list(getattr(test, "classes", []))
-    if "precision" in result and len(classes) == len(result["precision"]):
-        width = max(len(c) for c in classes)
-        print_fn(f"{'class':<{width}}  precision  recall     f1  support")
-        for i, c in enumerate(classes):
-            print_fn(f"{c:<{width}}  {result['precision'][i]:9.4f}  {result['recall'][i]:6.4f}  "
-                     f"{result['f1'][i]:6.4f}  {int(result['support'][i]) if 'support' in result else '':>7}")
-    print_fn(f"{path} on {name} test ({result['num_samples']} images): "
-             f"accuracy {100 * result['accuracy']:.2f}%, loss {result['loss']:.4f}")
-    return result

@@ -35,15 +35,18 @@ def find_datasets(root: str | os.PathLike | None = None) -> list[dict]:
 
 
 def datasets_report(root: str | os.PathLike | None = None) -> str:
-    """``find_datasets()`` as readable text: one line per split, then where cnnkit looks."""
+    """``find_datasets()`` as the text of ``cnnkit datasets``, in the command's words: datasets
+    by the names ``cnnkit train --dataset`` takes, ``--data-root`` for the extra folder."""
+    from ..presets import dataset_info
+
     rows = find_datasets(root)
     lines = []
     for r in rows:
-        where = r["path"] or f"not found (download=True fetches it into {r['download_to']})"
-        lines.append(f"{r['name']:<14} {r['split']:<5}  {where}")
+        where = r["path"] or f"not found (cnnkit train / evaluate download it into {r['download_to']})"
+        lines.append(f"{dataset_info(r['name'])[0]:<14} {r['split']:<5}  {where}")
     lines.append("Searched, in order (first complete folder wins):")
-    for name, cls in BUILTIN.items():
+    for name in BUILTIN:
         _, places = locate(name, lambda f: False, root)
-        lines.append(f" {name}:")
-        lines.append(describe_places(places))
+        lines.append(f" {dataset_info(name)[0]}:")
+        lines.append(describe_places(places, cli=True))
     return "\n".join(lines)

@@ -14,7 +14,13 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset was not found anywhere cnnkit looks and could not be downloaded.
 
     The message lists every place that was searched and how to get the data.
+
+    Attributes:
+        cli_message (str): the same message in the words of the ``cnnkit`` command
+            (``--data-root`` instead of ``root=``), printed by the command.
     """
+
+    cli_message: str | None = None
 
 
 class DownloadError(OSError):

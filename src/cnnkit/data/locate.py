@@ -62,10 +62,13 @@ def locate(name: str, is_complete: Callable[[Path], bool],
     return None, places
 
 
-def describe_places(places: list[tuple[str, Path | None]]) -> str:
-    """The searched places as indented lines, for error messages and ``cnnkit datasets``."""
+def describe_places(places: list[tuple[str, Path | None]], cli: bool = False) -> str:
+    """The searched places as indented lines, for error messages and ``cnnkit datasets``
+    (``cli``: in the command's words, ``--data-root`` for the root argument)."""
     lines = []
     for label, folder in places:
+        if cli and label == "root argument":
+            label = "--data-root"
         if folder is None:
             lines.append(f"  - {label}: not set")
         else:

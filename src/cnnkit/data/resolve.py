@@ -43,10 +43,13 @@ def resolve_dataset(name: str, title: str, is_complete: Callable[[Path], bool], 
             reason = f"finished but {cache} is still incomplete"
     else:
         reason = f"skipped (download=False); source: {', '.join(urls)}"
-    msg = (f"{title} not found: looked for {', '.join(needed)} in, in order:\n"
-           f"{describe_places(places)}\n"
-           f"Download: {reason}\n"
-           f"To get the data: {hint + ', or ' if hint else ''}put the files in "
-           f"$CNNKIT_DATA/{name} (or pass root=...), or run with download=True and network access "
-           f"(files are saved to {cache}).")
-    raise DatasetNotFoundError(msg)
+    searched = f"{title} not found: looked for {', '.join(needed)} in, in order:\n"
+    get = f"To get the data: {hint + ', or ' if hint else ''}put the files in $CNNKIT_DATA/{name} "
+    error = DatasetNotFoundError(
+        searched + f"{describe_places(places)}\nDownload: {reason}\n" + get
+        + f"(or pass root=...), or run with download=True and network access (files are saved to {cache}).")
+    # The same facts in the words of the `cnnkit` command, whose commands always download.
+    error.cli_message = (searched + f"{describe_places(places, cli=True)}\nDownload: {reason}\n" + get
+                         + f"(or pass --data-root DIR), or run again with network access (files are saved "
+                         f"to {cache}).")
+    raise error

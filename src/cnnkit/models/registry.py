@@ -141,3 +141,26 @@ def create(name: str, **kwargs: Any):
         config_kwargs = json.loads(json.dumps(own["kwargs"]))
     model.config = {"name": name, "kwargs": config_kwargs}
     return model
+
+
+# Input sizes the built-in models need (height = width), for a check before one is built for a
+# dataset: ("exact", s) for a classifier sized for s x s features, ("min", s) for a network
+# whose poolings leave nothing of a smaller input. Models with an ``input_size`` argument adapt
+# to the data (and check it themselves); the others take any size. tests/test_cli_train.py
+# verifies every entry by running the model at and below the size.
+INPUT_SIZES: dict[str, tuple[str, int]] = {
+    "alexnet_cifar": ("exact", 32), "vgg_cifar": ("exact", 32),
+    "vgg11": ("min", 32), "vgg11_bn": ("min", 32), "vgg16": ("min", 32), "vgg16_bn": ("min", 32),
+    "squeezenet1_1": ("min", 17),
+}
+
+
+def input_size_problem(name: str, height: int, width: int) -> str | None:
+    """None when model ``name`` can take ``height`` x ``width`` inputs, else what it needs
+    (e.g. ``"32x32 inputs"``, ``"inputs of at least 32x32"``)."""
+    kind, size = INPUT_SIZES.get(name, ("any", 0))
+    if kind == "exact" and (height, width) != (size, size):
+        return f"{size}x{size} inputs"
+    if kind == "min" and min(height, width) < size:
+        return f"inputs of at least {size}x{size}"
+    return None

@@ -22,10 +22,22 @@ import numpy as np
 class Callback:
     """Base class: override the hooks you need; all default to doing nothing.
 
-    Hooks: ``on_train_begin(logs)``, ``on_train_end(logs)``, ``on_epoch_begin(epoch, logs)``,
-    ``on_epoch_end(epoch, logs)``, ``on_batch_end(batch, logs)`` (``logs`` has the batch's
-    ``loss``, ``size`` and, for classification, ``accuracy``) and ``on_interrupt(epoch, logs)``
-    (training stopped by Ctrl-C between two batches; the state is consistent and resumable).
+    Hooks (Keras's names; batch and epoch numbers are 1-based):
+
+    - ``on_train_begin(logs)``, ``on_train_end(logs)``;
+    - ``on_epoch_begin(epoch, logs)``, ``on_epoch_end(epoch, logs)`` (``logs``: the epoch's
+      metrics, as in the History);
+    - ``on_train_batch_begin(batch, logs)``, ``on_train_batch_end(batch, logs)`` (``logs`` has
+      the batch's ``loss``, ``size`` and, for classification, ``accuracy``); by default they call
+      ``on_batch_begin`` / ``on_batch_end``, Keras's older names, so either name works;
+    - ``on_test_begin(logs)``, ``on_test_end(logs)`` around the validation pass at the end of
+      each epoch, and ``on_test_batch_begin(batch, logs)``, ``on_test_batch_end(batch, logs)``
+      (``logs``: ``size``, and ``loss`` when fit has a loss) for each of its batches;
+    - ``on_interrupt(epoch, logs)``: training stopped by Ctrl-C between two batches (the state
+      is consistent and resumable); cnnkit's own.
+
+    Keras's ``on_predict_*`` hooks have no equivalent (fit never predicts): ``fit`` warns when a
+    callback defines one, or any other ``on_*`` method it would never call.
     Set ``self.loop.stop_training = True`` to end training after the current epoch.
     """
 
@@ -38,7 +50,19 @@ class Callback:
     def on_train_end(self, logs: dict | None = None) -> None: ...
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None: ...
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None: ...
+    def on_batch_begin(self, batch: int, logs: dict | None = None) -> None: ...
     def on_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.on_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.on_batch_end(batch, logs)
+
+    def on_test_begin(self, logs: dict | None = None) -> None: ...
+    def on_test_end(self, logs: dict | None = None) -> None: ...
+    def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None: ...
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
     def on_interrupt(self, epoch: int, logs: dict | None = None) -> None: ...
 
     def state_dict(self) -> dict:
@@ -47,6 +71,31 @@ class Callback:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+HOOKS = tuple(name for name in vars(Callback) if name.startswith("on_"))
+
+
+def warn_about_unused_hooks(callbacks) -> list[str]:
+    """Warn (``UserWarning``) about every ``on_*`` method of a callback that ``fit`` never calls:
+    Keras's ``on_predict_*`` hooks, and misspelt hook names. Returns the warning texts."""
+    import warnings
+
+    texts = []
+    for cb in callbacks:
+        cls = type(cb)
+        own = {name for klass in cls.__mro__ if klass not in (Callback, object)
+               for name in vars(klass) if name.startswith("on_") and callable(getattr(cb, name, None))}
+        for name in sorted(own - set(HOOKS)):
+            if name.startswith("on_predict"):
+                why = "a Keras hook with no equivalent here: fit has no predict phase"
+            else:
+                why = "not a hook fit calls"
+            texts.append(f"{cls.__name__}.{name} will never be called ({why}); the hooks are "
+                         + ", ".join(HOOKS))
+    for text in texts:
+        warnings.warn(text, UserWarning, stacklevel=3)
+    return texts
 
 
 def _resolve_mode(owner: str, monitor: str, mode: str) -> str:
@@ -230,6 +279,11 @@ class EarlyStopping(Callback):
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
             self.loop.stop_training = True
+            if getattr(self.loop, "verbose", 0):
+                self.loop.print(f"Early stopping after epoch {epoch}: {self.monitor} has not improved for "
+                                f"{self.wait} epoch{'s' if self.wait != 1 else ''} (best {self.best:.4g} "
+                                f"at epoch {self.best_epoch})"
+                                + ("; restoring that epoch's weights" if self.restore_best_weights else ""))
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.restore_best_weights and self._best_weights is not None:

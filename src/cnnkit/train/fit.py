@@ -26,12 +26,19 @@ from ..autograd.grad_mode import no_grad
 from ..creation import as_tensor
 from ..random import get_rng_state, set_rng_state
 from . import resume as rs
-from .callbacks import Callback
+from .callbacks import Callback, warn_about_unused_hooks
 from .history import History
-from .progress import EpochProgress, format_epoch_line
+from .progress import EpochProgress, EvalProgress, format_epoch_line
 
 # Schedulers whose documented use is one step per batch.
 _STEP_SCHEDULERS = {"OneCycleLR", "CyclicLR"}
+# Schedulers whose step() takes the monitored metric: fit passes the epoch's validation loss
+# (the training loss when there is no validation data).
+_METRIC_SCHEDULERS = {"ReduceLROnPlateau"}
+
+
+def _steps_with_metric(scheduler) -> bool:
+    return any(k.__name__ in _METRIC_SCHEDULERS for k in type(scheduler).__mro__)
 
 
 class TrainingDiverged(ValueError):
@@ -133,6 +140,9 @@ class TrainingLoop:
             scheduler_interval = "step" if type(scheduler).__name__ in _STEP_SCHEDULERS else "epoch"
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"fit: scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        if scheduler_interval == "step" and _steps_with_metric(scheduler):
+            raise ValueError(f"fit: {type(scheduler).__name__} steps once per epoch with the validation loss; "
+                             "use scheduler_interval='epoch' (the default for it)")
         if int(epochs) < 0 or int(initial_epoch) < 0:
             raise ValueError(f"fit: epochs and initial_epoch must be >= 0, got {epochs} and {initial_epoch}")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
@@ -301,6 +311,8 @@ class TrainingLoop:
                 if len(x) == 0:  # no kernel is asked to average over nothing
                     raise ValueError(f"fit: train_loader yielded an empty batch (epoch {epoch}, batch "
                                      f"{self.batch + 1}); every batch needs at least one sample")
+                for cb in self.callbacks:
+                    cb.on_train_batch_begin(self.batch + 1, {"size": len(x)})
                 loss, correct = self._train_step(x, y)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(epoch, self.batch + 1, f"the loss is {loss}", lr, self.last_checkpoint)
@@ -316,7 +328,7 @@ class TrainingLoop:
                 if correct is not None:
                     batch_logs["accuracy"] = correct / n
                 for cb in self.callbacks:
-                    cb.on_batch_end(self.batch, batch_logs)
+                    cb.on_train_batch_end(self.batch, batch_logs)
                 bar.update(self._loss_sum / self._seen,
                            self._correct / self._seen if self._classification else None,
                            self._seen / max(self._elapsed, 1e-9))
@@ -330,17 +342,27 @@ class TrainingLoop:
         if self._classification:
             logs["accuracy"] = self._correct / self._seen
         if self.val_loader is not None:
-            val = (evaluate(self.model, self.val_loader, self.loss_fn, details=False) if self.dist is None
-                   else self.dist.evaluate(self.model, self.val_loader, self.loss_fn))
+            for cb in self.callbacks:
+                cb.on_test_begin({})
+            if self.dist is None:
+                val = evaluate(self.model, self.val_loader, self.loss_fn, details=False,
+                               progress="validation" if self.verbose == 1 else None, callbacks=self.callbacks)
+            else:
+                val = self.dist.evaluate(self.model, self.val_loader, self.loss_fn)
             logs["val_loss"] = val["loss"]
             if "accuracy" in val:
                 logs["val_accuracy"] = val["accuracy"]
+            for cb in self.callbacks:
+                cb.on_test_end({k: v for k, v in logs.items() if k.startswith("val_")})
         self._check_finite(epoch, logs, lr)
         logs["lr"] = lr
         logs["time"] = self._elapsed
         logs["images_per_sec"] = self._seen / max(self._elapsed, 1e-9)
         if self.scheduler is not None and self.scheduler_interval == "epoch":
-            self.scheduler.step()
+            if _steps_with_metric(self.scheduler):
+                self.scheduler.step(logs.get("val_loss", logs["loss"]))
+            else:
+                self.scheduler.step()
         self.batch = 0
         self._epoch_start = None
         self.history.append(epoch, logs)
@@ -379,6 +401,7 @@ class TrainingLoop:
         old_flag = getattr(model, "needs_input_grad", True)
         # Nobody needs the gradient w.r.t. the images: the first layer may skip computing it.
         model.needs_input_grad = False
+        warn_about_unused_hooks(self.callbacks)
         for cb in self.callbacks:
             cb.set_loop(self)
         try:
@@ -426,7 +449,8 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
         val_loader: optional; adds ``val_loss`` / ``val_accuracy`` after every epoch.
         epochs: index of the last epoch (Keras semantics: with ``initial_epoch=2, epochs=5``
             epochs 3, 4 and 5 run).
-        scheduler: optional LR scheduler.
+        scheduler: optional LR scheduler. ``ReduceLROnPlateau`` is stepped once per epoch with
+            the epoch's ``val_loss`` (its ``loss`` when there is no ``val_loader``).
         scheduler_interval: ``'step'`` (after every batch) or ``'epoch'``; None picks 'step'
             for OneCycleLR / CyclicLR and 'epoch' for the others.
         callbacks: :class:`Callback` instances (ModelCheckpoint, EarlyStopping, CSVLogger...).
@@ -462,7 +486,8 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
     return dist.run(loop)
 
 
-def evaluate(model, loader, loss_fn=None, num_classes: int | None = None, details: bool = True) -> dict:
+def evaluate(model, loader, loss_fn=None, num_classes: int | None = None, details: bool = True,
+             progress: str | None = None, callbacks: Iterable[Callback] = ()) -> dict:
     """Evaluate ``model`` on every batch of ``loader`` in eval mode (the mode is restored after).
 
     Args:
@@ -471,6 +496,10 @@ def evaluate(model, loader, loss_fn=None, num_classes: int | None = None, detail
         loss_fn: optional loss; adds ``'loss'`` (the sample-weighted mean of batch losses).
         num_classes: size of the confusion matrix (default: the model's output width).
         details: add the confusion matrix and per-class precision / recall / F1.
+        progress: a label (e.g. ``"test"``) to show a progress bar under, on stderr when it is
+            a terminal; None: no bar.
+        callbacks: their ``on_test_batch_begin`` / ``on_test_batch_end`` hooks are called for
+            each batch (``fit`` passes its callbacks for the validation pass).
 
     Returns:
         dict with ``'num_samples'``, ``'loss'`` (if ``loss_fn``), and for classification
@@ -486,16 +515,23 @@ def evaluate(model, loader, loss_fn=None, num_classes: int | None = None, detail
     preds, targets = [], []
     classification = None
     width = None
+    callbacks = list(callbacks)
+    total = len(loader) if hasattr(loader, "__len__") else None
+    bar = EvalProgress(progress or "", total, enabled=None if progress else False)
     try:
-        for x, y in loader:
+        for batch, (x, y) in enumerate(loader, 1):
             if len(x) == 0:  # nothing to count, and no kernel is asked to run on nothing
                 continue
+            for cb in callbacks:
+                cb.on_test_batch_begin(batch, {"size": len(x)})
             x, y = as_tensor(x), as_tensor(y)
+            n = len(x)
+            batch_logs: dict[str, Any] = {"size": n}
             with no_grad():
                 out = model(x)
-                n = len(x)
                 if loss_fn is not None:
-                    loss_sum += float(loss_fn(out, y)) * n
+                    batch_logs["loss"] = float(loss_fn(out, y))
+                    loss_sum += batch_logs["loss"] * n
             out, y = out.data, y.data
             if classification is None:
                 classification = _is_classification(out, y)
@@ -504,7 +540,11 @@ def evaluate(model, loader, loss_fn=None, num_classes: int | None = None, detail
                 preds.append(out.argmax(axis=1))
                 targets.append(np.asarray(y))
             seen += n
+            for cb in callbacks:
+                cb.on_test_batch_end(batch, batch_logs)
+            bar.update()
     finally:
+        bar.close()
         model.train(was_training)
     if seen == 0:
         raise ValueError("evaluate: the loader yielded no batches")
