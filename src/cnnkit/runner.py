@@ -312,14 +312,16 @@ def run_train(config: dict, out: str | os.PathLike, resume: bool = False, data_r
     is_root = comm is None or comm.is_root
     if not is_root:
         print_fn = _silent  # under mpiexec only rank 0 prints and writes files
+    if is_root:
+        check_out_folder(out, resume, overwrite)
+        if resume and out.is_dir():
+            remove_stale_temps(out)  # left by a run killed in the middle of a write
     done = _completed_run(out, config) if resume else None
     if done is not None:
         print_fn(f"{out} holds a complete run ({done['epochs_trained']}/{config['epochs']} epochs, test accuracy "
                  f"{100 * done['test_accuracy']:.2f}%): nothing to resume, no file changed. "
                  f"See {out / 'metrics.json'}, or: cnnkit evaluate {out}")
         return {**done, "already_complete": True}
-    if is_root:
-        check_out_folder(out, resume, overwrite)
     manual_seed(int(config["seed"]))
     d = build_data(config, data_root)
     model = build_model(config["model"], len(d["classes"]), d["input_shape"])

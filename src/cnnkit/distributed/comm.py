@@ -114,7 +114,7 @@ def _import_mpi():
     except ImportError:
         raise RuntimeError(
             f"this process was started by an MPI launcher with {launched_world_size()} ranks, but mpi4py "
-            "is not installed: pip install 'cnnkit[mpi]' (or set CNNKIT_DISTRIBUTED=0 to train "
+            "is not installed: pip install mpi4py mpich, or from a checkout pip install -e '.[mpi]' (or set CNNKIT_DISTRIBUTED=0 to train "
             "independently on every rank)") from None
     # All of cnnkit's MPI calls come from one thread at a time; asking for less than
     # MPI_THREAD_MULTIPLE keeps the library on its faster paths.
@@ -229,11 +229,11 @@ def is_root() -> bool:
 def describe() -> str:
     """One line on the data-parallel setup, for ``cnnkit info`` and the run header, e.g.
     ``"MPI: world size 2 (rank 0), MPICH 5.0.2, mpi4py 4.1.2"`` or ``"MPI: single process
-    (mpi4py not installed; pip install 'cnnkit[mpi]')"``."""
+    (mpi4py not installed; pip install mpi4py mpich, or from a checkout pip install -e '.[mpi]')"``."""
     try:
         import mpi4py
     except ImportError:
-        return "MPI: single process (mpi4py not installed; pip install 'cnnkit[mpi]' for mpiexec runs)"
+        return "MPI: single process (mpi4py not installed; pip install mpi4py mpich, or from a checkout pip install -e '.[mpi]' for mpiexec runs)"
     comm = get_comm()
     if comm is not None:
         return (f"MPI: world size {comm.size} ({comm.local_size} on this machine), {comm.library}, "

