@@ -46,6 +46,9 @@ def report() -> str:
              f"CPU: {_cpu_name()} ({platform.machine()})"]
     for name, value, why in describe():
         lines.append(f"{name}: {value} ({why})")
+    from .distributed import describe as mpi_world
+
+    lines.append(mpi_world())
     return "\n".join(lines)
 
 
