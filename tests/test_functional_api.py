@@ -103,6 +103,8 @@ CASES.append(("expand_clone", lambda a: a.expand(2, 3, 4) * a.clone(), lambda t,
               lambda: (_rand(3, 1),)))
 CASES.append(("where", lambda a, b: cnnkit.where(a > 0, a, b), lambda t, a, b: t.where(a > 0, a, b),
               lambda: (_rand(3, 4, away_from_zero=True), _rand(3, 4, seed=1))))
+CASES.append(("pad_last_dim", lambda a: F.pad(a, (2, -1)), lambda t, a: t.nn.functional.pad(a, (2, -1)),
+              lambda: (_rand(2, 3, 5),)))
 IDS = [c[0] for c in CASES]
 
 
@@ -130,6 +132,13 @@ def test_parity_with_torch(case):
     np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=1e-10, atol=1e-12)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_dropout_gradcheck():
+    """The mask is drawn from cnnkit's generator, which gradcheck replays before every
+    forward pass: the same mask for the analytic and the numeric gradients."""
+    cnnkit.manual_seed(0)
+    assert cnnkit.gradcheck(lambda x: F.dropout(x, 0.3), _rand(4, 5), rtol=1e-5, atol=1e-7)
 
 
 def test_float32_stays_float32():
