@@ -129,7 +129,7 @@ def save(model: Any, path: str | os.PathLike, optimizer: Any = None, meta: Mappi
         raise TypeError(f"save: model must be a Module or a state dict, found {type(model).__name__}")
     if _is_torch_name(path) and optimizer is None and meta is None and scheduler is None and not extra:
         # torch.save(model.state_dict(), "net.pt"): PyTorch's own file format, so that the
-        # file loads in PyTorch too (torch.load(..., weights_only=True)).
+        # file loads in PyTorch too (its loader with weights_only=True).
         from .torch_writer import save_torch
 
         save_torch({k: np.asarray(v) for k, v in state.items()}, path)

@@ -22,6 +22,6 @@ __all__ = ["fit", "evaluate", "TrainingInterrupted", "TrainingDiverged", "Traini
 
 
 def __getattr__(name):
-    if name == "metrics":  # engineer C's module; imported on first use
+    if name == "metrics":  # imported on first use
         return import_module(".metrics", __name__)
     raise AttributeError(f"module 'cnnkit.train' has no attribute {name!r}")

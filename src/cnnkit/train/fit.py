@@ -563,7 +563,7 @@ def evaluate(model, loader, loss_fn=None, num_classes: int | None = None, detail
 
 
 def _per_class(metrics, cm: np.ndarray) -> dict:
-    """Per-class and macro precision / recall / F1 from a confusion matrix (engineer C's kernel)."""
+    """Per-class and macro precision / recall / F1 from a confusion matrix (``train.metrics``)."""
     prf = metrics.precision_recall_f1(cm)
     out = {}
     for key, kind in (("precision", float), ("recall", float), ("f1", float), ("support", int)):
