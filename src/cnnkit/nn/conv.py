@@ -52,7 +52,7 @@ class Conv2d(Module):
     Shape:
         Input (N, C, H, W) -> output (N, O, Ho, Wo) with
         Ho = floor((H + pad_top + pad_bottom - dh * (kh - 1) - 1) / sh) + 1 (same for W).
-        The output is an NCHW view of channels-last memory (see ``nn.functional``).
+        The output is an NCHW view of channels-last memory (see ``nn._kernels``).
 
     Returns:
         ``forward(x)`` the output Tensor (``ops.conv.Conv2d``: the forward and backward).

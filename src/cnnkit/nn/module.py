@@ -482,7 +482,8 @@ class Module:
         try:
             p0 = next(iter(self.parameters()), None)
             dtype = p0.dtype if p0 is not None else DEFAULT_DTYPE
-            self(np.zeros((batch_size, *input_shape), dtype=dtype))
+            with no_grad():              # shapes only: nothing to record
+                self(np.zeros((batch_size, *input_shape), dtype=dtype))
         finally:
             for h in handles:
                 h.remove()
