@@ -168,3 +168,9 @@ def test_errors_name_the_function_and_argument():
         F.softmax(cnnkit.ones(2, 2), dim=3)
     with pytest.raises(RuntimeError, match="invalid for input of size 6"):
         cnnkit.ones(2, 3).view(4, -1)
+    with pytest.raises(RuntimeError, match=r"\+: shapes \(2, 3\) and \(4,\) cannot be broadcast together"):
+        cnnkit.ones(2, 3) + cnnkit.ones(4)
+    with pytest.raises(RuntimeError, match=r"backward: gradient of shape \(3,\) for a tensor of shape \(2,\)"):
+        (cnnkit.ones(2, requires_grad=True) * 2).backward(cnnkit.ones(3))
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        cnnkit.ones(2).sum().backward()

@@ -882,14 +882,22 @@ def _as_tensor_operand(other):
     return other if isinstance(other, Tensor) else Tensor._wrap(np.asarray(other))
 
 
+_SYMBOLS = {"Add": "+", "Sub": "-", "Mul": "*", "Div": "/", "Pow": "**", "Maximum": "maximum", "Minimum": "minimum"}
+
+
 def _binary(name: str, a, b):
     elementwise = _ops()[0]
     fn = getattr(elementwise, name)
-    if isinstance(a, Tensor):
-        like = a
-    else:
-        like = b
-    return fn.apply(_operand(a, like), _operand(b, like))
+    like = a if isinstance(a, Tensor) else b
+    a, b = _operand(a, like), _operand(b, like)
+    sa, sb = np.shape(_data(a)), np.shape(_data(b))
+    if sa != sb:
+        try:
+            np.broadcast_shapes(sa, sb)
+        except ValueError:
+            raise RuntimeError(f"{_SYMBOLS[name]}: shapes {sa} and {sb} cannot be broadcast together (each "
+                               f"dimension must be equal, or 1 in one of them)") from None
+    return fn.apply(a, b)
 
 
 def _to_array(data, dtype=None) -> np.ndarray:
