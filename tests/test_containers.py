@@ -765,3 +765,23 @@ def test_folded_batch_norm_matches_torch():
     with torch.no_grad():
         expected = ref(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(out, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_a_conv_subclass_with_its_own_forward_is_called_as_it_is():
+    """The planner fuses only layers whose forward is the library's own."""
+    from cnnkit.nn import Conv2d
+
+    class Doubled(Conv2d):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    cnnkit.manual_seed(0)
+    model = Sequential(Doubled(1, 2, 3), ReLU(), Conv2d(2, 2, 3))
+    x = _x((2, 1, 6, 6)).astype(np.float32)
+    out = model(x)
+    y = x
+    for m in model:
+        y = m(y)
+    np.testing.assert_array_equal(out, y)
+    first = model[0]
+    np.testing.assert_array_equal(first(x), 2 * Conv2d.forward(first, cnnkit.from_numpy(x)).detach().numpy())

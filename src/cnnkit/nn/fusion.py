@@ -47,9 +47,14 @@ def _is(m, cls) -> bool:
     return m is not None and type(m) is cls and _plain(m)
 
 
+def _plain_conv(m) -> bool:
+    """A Conv2d whose forward is Conv2d's own (a subclass that changes it is called as it is)."""
+    return isinstance(m, Conv2d) and type(m).forward is Conv2d.forward and _plain(m)
+
+
 def _absorbs_relu_grad(m) -> bool:
     """Layers whose backward can apply the mask of a ReLU before them (``relu_input``)."""
-    return m is not None and _plain(m) and (isinstance(m, Conv2d) or type(m) is MaxPool2d)
+    return m is not None and (_plain_conv(m) or _is(m, MaxPool2d))
 
 
 def _fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +154,7 @@ def run_sequential(children: list, names: list, x):
         # The ReLU before this layer: its mask can go into this layer's backward.
         relu_input = grad and _is(prev, ReLU)
         try:
-            if isinstance(x, Tensor) and isinstance(m, Conv2d) and _plain(m):
+            if isinstance(x, Tensor) and _plain_conv(m):
                 out, used = _conv_step(children, i, x, relu_input, grad)
                 scratch = _fresh(m, out, x)
             elif isinstance(x, Tensor) and _is(m, MaxPool2d):
