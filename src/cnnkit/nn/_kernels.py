@@ -121,7 +121,7 @@ def conv2d_relu_max_pool2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray |
     # values for 2x2): max and ReLU commute, and so do max and adding a per-channel constant
     # (rounded addition is monotonic). With an index the bias stays before the max, so that
     # ties made by rounding pick the same winning tap as the layers run one by one.
-    kernel = conv_forward_kernel(xt.shape[3], weight, groups, geometry, bias if keep_cache else None)
+    kernel = conv_forward_kernel(xt.shape[3], weight, groups, geometry, bias if keep_cache else None, xt=xt)
     out, idx = conv_relu_max_pool(xt, kernel, conv_shape, pool_geo, keep_cache, weight.dtype,
                                   None if keep_cache else bias)
     if not keep_cache:

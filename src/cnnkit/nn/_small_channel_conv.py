@@ -131,21 +131,25 @@ def block_columns(x: np.ndarray, geo: dict, p: int, j: int, channels_first: bool
     return cols
 
 
-def small_c_kernel(weight, geo, bias=None, block: int = 1, relu: bool = False):
+def small_c_kernel(weight, geo, bias=None, block: int = 1, relu: bool = False, xt=None):
     """The forward kernel: a function NHWC input (N, H, W, C) (or a batch chunk) -> fresh
     NHWC output (N, Ho, Wo, O), its GEMM operand prepared once. ``block`` from
     ``small_c_block``: 1 = channels-first columns, P >= 2 = row blocks of P pixels;
     ``relu``: a fused ReLU on the output (see ``_epilogue``). Why prepared: ``_conv_pool``
     calls the kernel once per chunk in every thread; rebuilding the banded weight each
     time cost LeNet's inference a zero-filled allocation and a strided fill per thread and
-    layer, under the GIL."""
+    layer, under the GIL. ``xt``: the NHWC input the kernel will see (or chunks of it),
+    to prepare the operand for its layout now, before the threads start."""
     if block == 1:
         return _cf_kernel(weight, geo, bias, relu)
     o = weight.shape[0]
     ho, wo = geo["out_hw"]
     p = block
     brow = None if bias is None else np.tile(bias, p)
-    prepared = {}            # channels_first -> (J, banded weight); same value if two threads race
+    prepared = {}            # channels_first -> banded weight; same value if two threads race
+    if xt is not None:
+        j, cf = _plan(xt, weight.shape, geo, p)
+        prepared[cf] = _block_weight(weight, p, j, cf, geo)
 
     def conv(xt):
         n = xt.shape[0]
