@@ -22,15 +22,32 @@ from . import _jit_pool, _recycle
 from ._parallel import parallel_for
 
 
+_geometries: dict = {}
+#: Pooling geometries remembered (a network has a handful; the cache is cleared when full).
+MAX_GEOMETRIES = 256
+
+
 def pool_geometry(x, kernel, stride, padding, ceil_mode, name):
     """Validated pooling geometry (sizes, tap windows and which fast paths apply) for an
-    input ``x`` (an array, or just its shape)."""
+    input ``x`` (an array, or just its shape). The dict is shared between calls with the
+    same arguments (every training step asks again): read it, never modify it."""
     shape = tuple(getattr(x, "shape", x))
-    if len(shape) != 4:
-        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got shape {shape}")
     kernel = pair(kernel, "kernel_size")
     stride = kernel if stride is None else pair(stride, "stride")
     padding = pair(padding, "padding", minimum=0)
+    key = (shape, kernel, stride, padding, bool(ceil_mode), name)      # ints only: hashable
+    geo = _geometries.get(key)
+    if geo is None:
+        geo = _pool_geometry(shape, kernel, stride, padding, ceil_mode, name)
+        if len(_geometries) >= MAX_GEOMETRIES:
+            _geometries.clear()
+        _geometries[key] = geo
+    return geo
+
+
+def _pool_geometry(shape, kernel, stride, padding, ceil_mode, name):
+    if len(shape) != 4:
+        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got shape {shape}")
     for p, k in zip(padding, kernel):
         if p > k // 2:
             raise ValueError(f"{name}: padding should be at most half of kernel_size, got padding="
