@@ -785,3 +785,49 @@ def test_a_conv_subclass_with_its_own_forward_is_called_as_it_is():
     np.testing.assert_array_equal(out, y)
     first = model[0]
     np.testing.assert_array_equal(first(x), 2 * Conv2d.forward(first, cnnkit.from_numpy(x)).detach().numpy())
+
+
+def _avg_pool_cases():
+    from cnnkit.nn import AvgPool2d, Conv2d
+    return {
+        "first_layer_few_channels": lambda: (Conv2d(1, 8, 3), AvgPool2d(2)),         # seed-000's first block
+        "im2col_gemm": lambda: (Conv2d(8, 12, 5), AvgPool2d(2)),                    # ... and its second
+        "row_taps": lambda: (Conv2d(8, 12, 3, padding=1), AvgPool2d(2)),
+        "padded_pool_without_pad_count": lambda: (Conv2d(8, 6, 3), AvgPool2d(3, 2, padding=1,
+                                                                            count_include_pad=False)),
+        "ceil_mode": lambda: (Conv2d(8, 6, 3), AvgPool2d(2, ceil_mode=True)),
+    }
+
+
+AVG_POOL_CASES = _avg_pool_cases()
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["one_chunk", "one_image_per_chunk"])
+@pytest.mark.parametrize("name", list(AVG_POOL_CASES))
+def test_conv_relu_avgpool_in_one_pass_without_gradients(name, chunk_bytes, monkeypatch):
+    """Without gradients Conv2d -> ReLU -> AvgPool2d runs as one pass (``Conv2dReluAvgPool``)
+    and gives the layers' values one by one; with gradients the layers run as before."""
+    from cnnkit.nn import _conv_pool
+    from cnnkit.nn import _kernels as K
+    if chunk_bytes:
+        monkeypatch.setattr(_conv_pool, "CHUNK_BYTES", chunk_bytes)
+    calls = []
+    real = K.conv2d_relu_avg_pool2d
+    monkeypatch.setattr(K, "conv2d_relu_avg_pool2d", lambda *a: (calls.append(1), real(*a))[1])
+    cnnkit.manual_seed(0)
+    conv, pool = AVG_POOL_CASES[name]()
+    conv.bias.data -= np.float32(0.3)                # some outputs rectified to 0
+    model = Sequential(conv, ReLU(), pool)
+    x = _x((5, conv.in_channels, 11, 11)).astype(np.float32)
+    with cnnkit.no_grad():
+        out = model(x)
+        ref = pool(cnnkit.from_numpy(np.maximum(conv(cnnkit.from_numpy(x)).numpy(), 0))).numpy()
+    assert calls
+    # The one pass runs the convolution's GEMMs on other chunks than the layer alone: its
+    # sums agree up to float32 rounding (no sum has more terms than the input has values);
+    # the ReLU and the average are the same operations on those values.
+    assert_float32_close(out, ref, x.size)
+    calls.clear()
+    train_out = model(x)                              # with gradients: no one-pass node
+    assert calls == [] and "Conv2dReluAvgPool" not in graph_helpers.names(model)
+    assert_float32_close(np.asarray(train_out), ref, x.size)

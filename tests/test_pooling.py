@@ -142,3 +142,20 @@ def test_errors():
 def test_repr():
     assert repr(MaxPool2d(2)) == "MaxPool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0), ceil_mode=False)"
     assert "count_include_pad=False" in repr(AvgPool2d(3, count_include_pad=False))
+
+
+def test_pool_geometry_is_remembered_per_arguments_and_still_validates():
+    """``pool_geometry`` hands back the same dict for the same (normalised) arguments, a
+    different one when any differs, and checks its arguments on every call (a bool kernel
+    equals 1 as a dict key, yet must still be refused)."""
+    from cnnkit.nn._pool_kernels import pool_geometry
+    a = pool_geometry((2, 3, 8, 8), 2, None, 0, False, "max_pool2d")
+    assert pool_geometry((2, 3, 8, 8), (2, 2), (2, 2), (0, 0), False, "max_pool2d") is a
+    b = pool_geometry((2, 3, 8, 8), 2, None, 0, True, "max_pool2d")
+    c = pool_geometry((2, 3, 9, 8), 2, None, 0, False, "max_pool2d")
+    assert b is not a and c is not a and c["out_hw"] == (4, 4)
+    pool_geometry((2, 3, 8, 8), 1, None, 0, False, "max_pool2d")
+    with pytest.raises(TypeError):
+        pool_geometry((2, 3, 8, 8), True, None, 0, False, "max_pool2d")
+    with pytest.raises(ValueError):
+        pool_geometry((2, 3, 8, 8), (0, 2), None, 0, False, "max_pool2d")

@@ -29,7 +29,7 @@ from numpy.lib.stride_tricks import as_strided
 from ._buffers import batch_chunks, workspace
 from ._epilogue import finish_output, mask_by_positive
 from ._im2col import col2im, col2im_tap_major, im2col, im2col_rows, tap_pairs, tap_windows
-from ._small_channel_conv import small_c_block, small_c_conv, small_c_weight_grad
+from ._small_channel_conv import small_c_block, small_c_kernel, small_c_weight_grad
 from ._parallel import parallel_for
 from . import _gemm, _jit, _jit_conv, _recycle, _winograd as wino
 
@@ -114,11 +114,13 @@ def weight_matrix(weight: np.ndarray, groups: int) -> np.ndarray:
 
 
 def conv_forward_kernel(c: int, weight: np.ndarray, groups: int, geo: dict, bias: np.ndarray | None = None,
-                        relu: bool = False):
+                        relu: bool = False, xt: np.ndarray | None = None):
     """The forward kernel for a convolution of C input channels, its weight prepared once:
     a function NHWC input (N, H, W, C) -> NHWC output (N, Ho, Wo, O), a fresh array, that
     can be called on the whole batch or on batch chunks (``_conv_pool``). ``relu``: the
-    output is clipped at 0 chunk by chunk (a fused ReLU, see ``_epilogue``)."""
+    output is clipped at 0 chunk by chunk (a fused ReLU, see ``_epilogue``). ``xt``: the
+    input it will run on (or on chunks of), when known: operands that depend on its layout
+    are then prepared here, once, rather than by the first call in each thread."""
     o = weight.shape[0]
     if groups > 1 and weight.shape[1] == 1:
         return lambda xt: depthwise_forward(xt, weight, geo, bias, relu)
@@ -128,7 +130,7 @@ def conv_forward_kernel(c: int, weight: np.ndarray, groups: int, geo: dict, bias
         geo["winograd_weight"] = wt
         return lambda xt: wino.winograd_conv(xt, wt, geo["pads"], geo["out_hw"], bias, relu=relu)
     if groups == 1 and (block := small_c_block(c, o, geo["out_hw"][1], SMALL_C)):
-        return lambda xt: small_c_conv(xt, weight, geo, bias, block, relu=relu)
+        return small_c_kernel(weight, geo, bias, block, relu, xt)
     wk = None
 
     def gemm(xt):

@@ -14,7 +14,12 @@ of 8 interleaved rounds): 1 -> 32 at 28x28 1.53 / 1.39, 32 -> 32 at 28x28 7.01 /
 4-conv net 1.02-1.03x in training and inference, the VGG-style net 0.99-1.01x (noise).
 LeNet's order at batch 64, whole network, 2 threads (same process, 11 alternating rounds):
 inference 1.894 -> 1.841 ms, training 5.554 -> 5.538 ms.
-``Sequential`` uses it when nothing observes the intermediate arrays (``containers.py``).
+``Sequential`` uses it when nothing observes the intermediate arrays (``nn.fusion``).
+
+Without gradients, ``Conv2d -> ReLU -> AvgPool2d`` runs the same way (``conv_relu_avg_pool``;
+seed-000's two blocks). The ReLU does not commute with an average, so it stays in the
+convolution's output pass; with gradients the layers run one by one (the backward would
+need the full-size ReLU mask this pass never keeps).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import numpy as np
 from ._buffers import batch_chunks
 from ._epilogue import finish_output
 from ._parallel import parallel_for
-from ._pool_kernels import max_pool_chunk, max_pool_outputs
+from . import _recycle
+from ._pool_kernels import avg_pool_chunk, max_pool_chunk, max_pool_outputs
 
 #: Convolution output per chunk. Smaller chunks measured slower (the kernel's own GEMMs get
 #: shorter: 3 -> 64 at 32x32 3.70 ms with 4 MB, 3.50 with 8 MB, 3.46 with 16 MB); bigger
@@ -65,3 +71,31 @@ def conv_relu_max_pool(xt: np.ndarray, conv_kernel: Callable[[np.ndarray], np.nd
 
     parallel_for(n, run, xt.nbytes + n * per_sample)
     return out, idx
+
+
+def conv_relu_avg_pool(xt: np.ndarray, conv_kernel: Callable[[np.ndarray], np.ndarray], conv_shape,
+                       pool_geo: dict, inv, dtype) -> np.ndarray:
+    """``avg_pool(conv_kernel(xt))``, chunk by chunk (see the module's docstring): the
+    convolution kernel applies the ReLU in its output pass, each chunk is pooled while it
+    is in cache. Inference only.
+
+    Args:
+        xt: NHWC input (N, H, W, C).
+        conv_kernel: NHWC input chunk -> fresh NHWC output chunk, ReLU included
+            (``_conv_kernels.conv_forward_kernel`` with ``relu``); it runs serially here.
+        conv_shape: (N, O, Ho, Wo), the convolution output's shape.
+        pool_geo: ``pool_geometry`` of that shape; inv: ``avg_pool_divisor``.
+
+    Returns:
+        out: a fresh NHWC (N, Hp, Wp, O) array.
+    """
+    n, o, ho, wo = conv_shape
+    out = _recycle.empty((n,) + tuple(pool_geo["out_hw"]) + (o,), dtype=dtype)
+    per_sample = ho * wo * o * np.dtype(dtype).itemsize
+
+    def run(start, stop):
+        for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
+            avg_pool_chunk(conv_kernel(xt[n0:n1]), pool_geo, inv, out[n0:n1])
+
+    parallel_for(n, run, xt.nbytes + n * per_sample)
+    return out

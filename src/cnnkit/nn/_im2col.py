@@ -21,6 +21,11 @@ from . import _jit, _jit_conv
 # ---------------------------------------------------------------------------------- sizes
 def pair(value, name: str = "value", minimum: int = 1) -> tuple[int, int]:
     """``value`` (an int or a pair of ints) as a tuple of two ints, each >= ``minimum``."""
+    # The common case first, cheaply: every layer call passes its stored pairs here.
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        if value[0] < minimum or value[1] < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        return value
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         out = (int(value), int(value))
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(

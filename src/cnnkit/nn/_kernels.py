@@ -30,7 +30,7 @@ import numpy as np
 __all__ = [
     "pair", "conv_output_size", "same_padding", "resolve_conv_padding", "pool_output_size",
     "im2col", "col2im",
-    "conv2d", "conv2d_forward", "conv2d_backward",
+    "conv2d", "conv2d_forward", "conv2d_backward", "conv2d_relu_avg_pool2d",
     "pad2d", "pad2d_backward",
     "max_pool2d", "max_pool2d_forward", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_forward", "avg_pool2d_backward",
@@ -43,13 +43,13 @@ __all__ = [
 from . import _recycle
 from ._conv_kernels import (column_sums, conv_forward_kernel, depthwise_backward, gemm_conv_input_grad,
                             gemm_conv_param_grads)
-from ._conv_pool import conv_relu_max_pool
+from ._conv_pool import conv_relu_avg_pool, conv_relu_max_pool
 from ._epilogue import mask_by_positive
 from ._parallel import get_num_threads, parallel_for, parallel_matmul, set_num_threads
 from ._im2col import (col2im, conv_output_size, im2col, nchw as _nchw, nhwc as _nhwc, pair,
                       pool_output_size, resolve_conv_padding, same_padding)
 from ._pool_kernels import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward,
-                            adaptive_windows, avg_pool2d, avg_pool2d_backward, avg_pool2d_forward,
+                            adaptive_windows, avg_pool2d, avg_pool2d_backward, avg_pool2d_forward, avg_pool_divisor,
                             max_pool2d, max_pool2d_backward, max_pool2d_forward, pool_geometry)
 
 
@@ -121,12 +121,34 @@ def conv2d_relu_max_pool2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray |
     # values for 2x2): max and ReLU commute, and so do max and adding a per-channel constant
     # (rounded addition is monotonic). With an index the bias stays before the max, so that
     # ties made by rounding pick the same winning tap as the layers run one by one.
-    kernel = conv_forward_kernel(xt.shape[3], weight, groups, geometry, bias if keep_cache else None)
+    kernel = conv_forward_kernel(xt.shape[3], weight, groups, geometry, bias if keep_cache else None, xt=xt)
     out, idx = conv_relu_max_pool(xt, kernel, conv_shape, pool_geo, keep_cache, weight.dtype,
                                   None if keep_cache else bias)
     if not keep_cache:
         return _nchw(out), None, None
     return _nchw(out), (xt, groups, geometry), (idx, pool_geo, conv_shape)
+
+
+def conv2d_relu_avg_pool2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride, padding,
+                           dilation, groups: int, pool_kernel, pool_stride=None, pool_padding=0,
+                           ceil_mode: bool = False, count_include_pad: bool = True) -> np.ndarray:
+    """``avg_pool2d(relu(conv2d(x)))`` in one pass over the batch (``_conv_pool``), for
+    inference: nothing is kept for a backward.
+
+    Args:
+        x, weight, bias, stride, padding, dilation, groups: as ``conv2d_forward``.
+        pool_kernel, pool_stride, pool_padding, ceil_mode, count_include_pad: as
+            ``avg_pool2d_forward``.
+
+    Returns:
+        out (N, O, Hp, Wp) in NHWC memory, the values of the three layers run one by one.
+    """
+    x, xt, geometry, bias = _conv_setup(x, weight, bias, stride, padding, dilation, groups, False)
+    conv_shape = (x.shape[0], weight.shape[0]) + geometry["out_hw"]
+    pool_geo = pool_geometry(conv_shape, pool_kernel, pool_stride, pool_padding, ceil_mode, "avg_pool2d")
+    kernel = conv_forward_kernel(xt.shape[3], weight, groups, geometry, bias, relu=True, xt=xt)
+    inv = avg_pool_divisor(pool_geo, count_include_pad, weight.dtype)
+    return _nchw(conv_relu_avg_pool(xt, kernel, conv_shape, pool_geo, inv, weight.dtype))
 
 
 def _conv_setup(x, weight, bias, stride, padding, dilation, groups, relu_input):

@@ -22,15 +22,32 @@ from . import _jit_pool, _recycle
 from ._parallel import parallel_for
 
 
+_geometries: dict = {}
+#: Pooling geometries remembered (a network has a handful; the cache is cleared when full).
+MAX_GEOMETRIES = 256
+
+
 def pool_geometry(x, kernel, stride, padding, ceil_mode, name):
     """Validated pooling geometry (sizes, tap windows and which fast paths apply) for an
-    input ``x`` (an array, or just its shape)."""
+    input ``x`` (an array, or just its shape). The dict is shared between calls with the
+    same arguments (every training step asks again): read it, never modify it."""
     shape = tuple(getattr(x, "shape", x))
-    if len(shape) != 4:
-        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got shape {shape}")
     kernel = pair(kernel, "kernel_size")
     stride = kernel if stride is None else pair(stride, "stride")
     padding = pair(padding, "padding", minimum=0)
+    key = (shape, kernel, stride, padding, bool(ceil_mode), name)      # ints only: hashable
+    geo = _geometries.get(key)
+    if geo is None:
+        geo = _pool_geometry(shape, kernel, stride, padding, ceil_mode, name)
+        if len(_geometries) >= MAX_GEOMETRIES:
+            _geometries.clear()
+        _geometries[key] = geo
+    return geo
+
+
+def _pool_geometry(shape, kernel, stride, padding, ceil_mode, name):
+    if len(shape) != 4:
+        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got shape {shape}")
     for p, k in zip(padding, kernel):
         if p > k // 2:
             raise ValueError(f"{name}: padding should be at most half of kernel_size, got padding="
@@ -223,35 +240,41 @@ def avg_pool2d_forward(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_
     n, c, h, w = x.shape
     ho, wo = geo["out_hw"]
     xt = nhwc(x)
-    inv = _avg_divisor(geo, count_include_pad)
-    inv = x.dtype.type(inv) if np.isscalar(inv) else inv.astype(x.dtype)
-    taps = [(o, i) for _, o, i in _taps(geo)]
+    inv = avg_pool_divisor(geo, count_include_pad, x.dtype)
     out = _recycle.empty((n, ho, wo, c), dtype=x.dtype)
-    compiled = np.isscalar(inv) and _jit_pool.usable(geo, xt, out)
-
-    def run(a, b):
-        dst_all = out[a:b]
-        if compiled:
-            _jit_pool.avg_pool_2x2(xt[a:b], dst_all, inv)
-            return
-        src = [(o, xt[a:b, i[0], i[1]]) for o, i in taps]
-        if geo["covers"]:
-            if len(src) == 1:
-                np.copyto(dst_all, src[0][1])
-            else:
-                np.add(src[0][1], src[1][1], out=dst_all)
-                for _, v in src[2:]:
-                    np.add(dst_all, v, out=dst_all)
-        else:
-            dst_all.fill(0)
-            for o, v in src:
-                dst = dst_all[:, o[0], o[1]]
-                np.add(dst, v, out=dst)
-        dst_all *= inv
-
-    parallel_for(n, run, x.nbytes)
+    parallel_for(n, lambda a, b: avg_pool_chunk(xt[a:b], geo, inv, out[a:b]), x.nbytes)
     cache = (inv, geo, x.shape) if keep_cache else None
     return nchw(out), cache
+
+
+def avg_pool_divisor(geo: dict, count_include_pad: bool, dtype):
+    """1 / window size in ``dtype``: a scalar, or per output pixel (Ho, Wo, 1) where the
+    windows differ (padding without count_include_pad, ceil_mode)."""
+    inv = _avg_divisor(geo, count_include_pad)
+    return np.dtype(dtype).type(inv) if np.isscalar(inv) else inv.astype(dtype)
+
+
+def avg_pool_chunk(xt: np.ndarray, geo: dict, inv, out: np.ndarray) -> None:
+    """Average-pool a batch chunk: NHWC input ``xt`` -> the same images' NHWC ``out``;
+    ``inv`` from ``avg_pool_divisor``. Serial: the caller shares the chunks out to the
+    threads."""
+    if np.isscalar(inv) and _jit_pool.usable(geo, xt, out):
+        _jit_pool.avg_pool_2x2(xt, out, inv)
+        return
+    src = [(o, xt[:, i[0], i[1]]) for _, o, i in _taps(geo)]
+    if geo["covers"]:
+        if len(src) == 1:
+            np.copyto(out, src[0][1])
+        else:
+            np.add(src[0][1], src[1][1], out=out)
+            for _, v in src[2:]:
+                np.add(out, v, out=out)
+    else:
+        out.fill(0)
+        for o, v in src:
+            dst = out[:, o[0], o[1]]
+            np.add(dst, v, out=dst)
+    out *= inv
 
 
 def avg_pool2d_backward(grad_out: np.ndarray, cache) -> np.ndarray:

@@ -56,7 +56,7 @@ def _largest_block(wo: int, o: int, limit: int) -> int:
 
 
 def small_c_block(c: int, o: int, wo: int, small_c: int):
-    """How ``small_c_conv`` would run a groups == 1 convolution with C input and O output
+    """How ``small_c_kernel`` would run a groups == 1 convolution with C input and O output
     channels, Wo output columns: None = not at all (use channels-last im2col), 1 =
     channels-first columns (C <= small_c), P >= 2 = row blocks of P pixels."""
     if c <= small_c:
@@ -131,36 +131,51 @@ def block_columns(x: np.ndarray, geo: dict, p: int, j: int, channels_first: bool
     return cols
 
 
-def small_c_conv(xt, weight, geo, bias=None, block: int = 1, relu: bool = False) -> np.ndarray:
-    """NHWC input (N, H, W, C) -> fresh NHWC output (N, Ho, Wo, O); ``block`` from
+def small_c_kernel(weight, geo, bias=None, block: int = 1, relu: bool = False, xt=None):
+    """The forward kernel: a function NHWC input (N, H, W, C) (or a batch chunk) -> fresh
+    NHWC output (N, Ho, Wo, O), its GEMM operand prepared once. ``block`` from
     ``small_c_block``: 1 = channels-first columns, P >= 2 = row blocks of P pixels;
-    ``relu``: a fused ReLU on the output (see ``_epilogue``)."""
+    ``relu``: a fused ReLU on the output (see ``_epilogue``). Why prepared: ``_conv_pool``
+    calls the kernel once per chunk in every thread; rebuilding the banded weight each
+    time cost LeNet's inference a zero-filled allocation and a strided fill per thread and
+    layer, under the GIL. ``xt``: the NHWC input the kernel will see (or chunks of it),
+    to prepare the operand for its layout now, before the threads start."""
     if block == 1:
-        return _cf_conv(xt, weight, geo, bias, relu)
-    n = xt.shape[0]
+        return _cf_kernel(weight, geo, bias, relu)
     o = weight.shape[0]
     ho, wo = geo["out_hw"]
     p = block
-    j, cf = _plan(xt, weight.shape, geo, p)
-    wb = _block_weight(weight, p, j, cf, geo)                              # (K', P*O)
     brow = None if bias is None else np.tile(bias, p)
-    out = _recycle.empty((n, ho, wo, o), dtype=xt.dtype)
-    per_sample = ho * (wo // p) * wb.shape[0] * xt.itemsize
+    prepared = {}            # channels_first -> banded weight; same value if two threads race
+    if xt is not None:
+        j, cf = _plan(xt, weight.shape, geo, p)
+        prepared[cf] = _block_weight(weight, p, j, cf, geo)
 
-    def run(start, stop):
-        for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
-            cols = block_columns(xt[n0:n1], geo, p, j, cf)
-            dst = out[n0:n1].reshape(cols.shape[0], p * o)
-            _gemm.matmul(cols, wb, out=dst)
-            finish_output(dst, brow, relu)
+    def conv(xt):
+        n = xt.shape[0]
+        j, cf = _plan(xt, weight.shape, geo, p)
+        wb = prepared.get(cf)
+        if wb is None:
+            wb = prepared[cf] = _block_weight(weight, p, j, cf, geo)          # (K', P*O)
+        out = _recycle.empty((n, ho, wo, o), dtype=xt.dtype)
+        per_sample = ho * (wo // p) * wb.shape[0] * xt.itemsize
 
-    parallel_for(n, run, n * per_sample)
-    return out
+        def run(start, stop):
+            for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
+                cols = block_columns(xt[n0:n1], geo, p, j, cf)
+                dst = out[n0:n1].reshape(cols.shape[0], p * o)
+                _gemm.matmul(cols, wb, out=dst)
+                finish_output(dst, brow, relu)
+
+        parallel_for(n, run, n * per_sample)
+        return out
+
+    return conv
 
 
 def small_c_weight_grad(g, xt, weight_shape, geo, block: int = 1, bias_grad: bool = False):
     """d loss / d weight (O, C, kh, kw) from the C-contiguous NHWC upstream gradient g;
-    ``block`` as for ``small_c_conv``. With ``bias_grad``: (weight grad, bias grad (O,)).
+    ``block`` as for ``small_c_kernel``. With ``bias_grad``: (weight grad, bias grad (O,)).
 
     The bias gradient comes from the same GEMM, as one more row of ones in the columns:
     g is read once (a separate sum over g costs a pass over it, ~1 ms for VGG's first
@@ -202,9 +217,9 @@ def _cf_columns(x: np.ndarray, kernel, geo: dict, ones: bool) -> np.ndarray:
     return cols
 
 
-def _cf_conv(xt, weight, geo, bias=None, relu: bool = False) -> np.ndarray:
-    """Forward with channels-first columns (K, M): few input channels (first layers)."""
-    n = xt.shape[0]
+def _cf_kernel(weight, geo, bias=None, relu: bool = False):
+    """Forward with channels-first columns (K, M): few input channels (first layers); the
+    (K (+1), O) weight operand prepared once (see ``small_c_kernel``)."""
     o, c, kh, kw = weight.shape
     ho, wo = geo["out_hw"]
     k = c * kh * kw
@@ -215,19 +230,24 @@ def _cf_conv(xt, weight, geo, bias=None, relu: bool = False) -> np.ndarray:
     wmat = weight.reshape(o, k).T                                         # (K, O) view
     if ones:
         wmat = np.concatenate([wmat, bias.reshape(1, o)])                  # (K + 1, O)
-    x = nchw(xt)
-    out = _recycle.empty((n, ho, wo, o), dtype=xt.dtype)
-    per_sample = ho * wo * (k + ones) * xt.itemsize
 
-    def run(start, stop):
-        for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
-            cols = _cf_columns(x[n0:n1], (kh, kw), geo, ones)
-            dst = out[n0:n1].reshape(cols.shape[1], o)
-            _gemm.matmul(cols.T, wmat, out=dst)
-            finish_output(dst, None, relu)
+    def conv(xt):
+        n = xt.shape[0]
+        x = nchw(xt)
+        out = _recycle.empty((n, ho, wo, o), dtype=xt.dtype)
+        per_sample = ho * wo * (k + ones) * xt.itemsize
 
-    parallel_for(n, run, n * per_sample)
-    return out
+        def run(start, stop):
+            for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
+                cols = _cf_columns(x[n0:n1], (kh, kw), geo, ones)
+                dst = out[n0:n1].reshape(cols.shape[1], o)
+                _gemm.matmul(cols.T, wmat, out=dst)
+                finish_output(dst, None, relu)
+
+        parallel_for(n, run, n * per_sample)
+        return out
+
+    return conv
 
 
 def _cf_weight_grad(g, xt, weight_shape, geo, ones: bool = False) -> np.ndarray:

@@ -6,6 +6,8 @@ so where no hook observes them, several layers may run as one operation of the g
 
 - Conv2d -> ReLU -> MaxPool2d (or Conv2d -> MaxPool2d -> ReLU, LeNet's order: max and ReLU
   commute) as one pass (``ops.conv.Conv2dReluMaxPool``): the full-size output is never kept;
+- without gradients, Conv2d -> ReLU -> AvgPool2d as one pass too
+  (``ops.conv.Conv2dReluAvgPool``), the ReLU in the convolution's output pass;
 - Conv2d -> ReLU: the ReLU in the convolution's output pass (``relu=True``);
 - a ReLU's backward folded into the next Conv2d's / MaxPool2d's (``relu_input``), so the
   mask is applied while each chunk of the input gradient is in cache, or on a quarter of
@@ -33,7 +35,7 @@ from .activation import ReLU, ReLU6
 from .conv import Conv2d
 from .module import Module
 from .normalization import BatchNorm2d
-from .pooling import MaxPool2d, _check_input, _check_size
+from .pooling import AvgPool2d, MaxPool2d, _check_input, _check_size
 
 __all__ = ["run_sequential"]
 
@@ -106,6 +108,12 @@ def _conv_step(children: list, i: int, x: Tensor, relu_input: bool, grad: bool) 
         _check_size(pool, _Shape(conv_shape), pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)
         out = conv_ops.Conv2dReluMaxPool.apply(*args, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode,
                                                relu_input=relu_input)
+        return out, 3
+    if not grad and _is(second, ReLU) and _is(third, AvgPool2d):
+        conv_shape = (x.shape[0], conv.out_channels) + _conv_out_hw(conv, x, pads)
+        _check_size(third, _Shape(conv_shape), third.kernel_size, third.stride, third.padding, third.ceil_mode)
+        out = conv_ops.Conv2dReluAvgPool.apply(*args, third.kernel_size, third.stride, third.padding,
+                                               third.ceil_mode, third.count_include_pad)
         return out, 3
     if not grad:
         fold, layers = _batch_norm_after(conv, second, third)

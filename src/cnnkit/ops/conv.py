@@ -16,7 +16,8 @@ in channels-last memory. Fused forms, chosen by ``nn.fusion``, share the same ma
   backward);
 - ``relu_input``: x is a ReLU's output; backward multiplies dL/dx by x > 0, i.e. returns the
   gradient with respect to that ReLU's input (whose own backward is then a pass-through);
-- ``Conv2dReluMaxPool``: max_pool(relu(conv(x))) in one pass over the batch.
+- ``Conv2dReluMaxPool``: max_pool(relu(conv(x))) in one pass over the batch;
+- ``Conv2dReluAvgPool``: avg_pool(relu(conv(x))) in one pass, without gradients only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from ..autograd.function import Function
 from ..nn import _kernels as K
 
-__all__ = ["Conv2d", "Conv2dReluMaxPool", "ZeroPad2d"]
+__all__ = ["Conv2d", "Conv2dReluAvgPool", "Conv2dReluMaxPool", "ZeroPad2d"]
 
 
 class Conv2d(Function):
@@ -80,6 +81,26 @@ class Conv2dReluMaxPool(Function):
         need_x, need_w, need_b = (ctx.needs_input_grad + (False,))[:3]
         return K.conv2d_backward(g_conv, conv_cache, weight, need_input_grad=need_x, need_weight_grad=need_w,
                                  need_bias_grad=need_b)
+
+
+class Conv2dReluAvgPool(Function):
+    """avg_pool2d(relu(conv2d(x, weight, bias))) in one pass (``nn._conv_pool``), the same
+    values as the layers one by one. Inference only: ``nn.fusion`` uses it without
+    gradients, so no graph ever holds it (its backward would need the full-size ReLU mask,
+    which this pass does not keep)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, pool_kernel, pool_stride, pool_padding,
+                ceil_mode=False, count_include_pad=True):
+        if ctx.needs_grad:
+            raise RuntimeError("Conv2dReluAvgPool is inference-only: with gradients, run Conv2d, ReLU and "
+                               "AvgPool2d one by one")
+        return K.conv2d_relu_avg_pool2d(x, weight, bias, stride, padding, dilation, groups, pool_kernel,
+                                        pool_stride, pool_padding, ceil_mode, count_include_pad)
+
+    @staticmethod
+    def backward(ctx, g):  # pragma: no cover - never recorded (see forward)
+        raise RuntimeError("Conv2dReluAvgPool has no backward")
 
 
 class ZeroPad2d(Function):
