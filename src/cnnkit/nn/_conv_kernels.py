@@ -1,4 +1,4 @@
-"""Convolution forward / backward kernels (NHWC inside, see ``nn.functional``).
+"""Convolution forward / backward kernels (NHWC inside, see ``nn._kernels``).
 
 - forward: im2col + one GEMM (a batched GEMM over groups), done in batch chunks so that
   the column matrix stays small (bounded scratch memory, and the GEMM reads columns that

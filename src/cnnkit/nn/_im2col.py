@@ -1,7 +1,7 @@
 """Geometry, padding and im2col / col2im for the convolution and pooling kernels.
 
 Layout: the kernels work on NHWC arrays (the NHWC view of an NCHW argument is free, see
-``nn.functional``). im2col pads the input into a scratch buffer once and then takes all
+``nn._kernels``). im2col pads the input into a scratch buffer once and then takes all
 receptive fields as one ``as_strided`` view copied in a single ``np.copyto``: measured 3-4x
 faster than one strided copy per kernel tap (and than a plain memcpy of the result size,
 because the source is read from cache).

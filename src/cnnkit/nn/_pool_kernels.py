@@ -1,4 +1,4 @@
-"""Pooling kernels (NHWC inside, see ``nn.functional``): a loop over the kernel's taps,
+"""Pooling kernels (NHWC inside, see ``nn._kernels``): a loop over the kernel's taps,
 each step one strided slice of the whole batch.
 
 Fast path: when every tap's slice covers the whole output (no padding, floor mode or
