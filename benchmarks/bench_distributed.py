@@ -31,6 +31,7 @@ def ring_allreduce_seconds(nbytes: int, n: int, bandwidth: float, latency: float
 
 
 def _train_setup(name: str, shape: tuple, batch: int):
+    import cnnkit
     from cnnkit import manual_seed, nn, optim
     from cnnkit.runner import build_model
 
@@ -39,15 +40,15 @@ def _train_setup(name: str, shape: tuple, batch: int):
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     g = np.random.default_rng(0)
-    x = g.standard_normal((batch, *shape)).astype(np.float32)
-    y = g.integers(0, 10, batch)
+    x = cnnkit.from_numpy(g.standard_normal((batch, *shape)).astype(np.float32))
+    y = cnnkit.from_numpy(g.integers(0, 10, batch))
     return model, opt, loss_fn, x, y
 
 
 def _step(model, opt, loss_fn, x, y, reduce=None):
     opt.zero_grad()
     loss = loss_fn(model(x), y)
-    model.backward(loss_fn.backward())
+    loss.backward()
     if reduce is not None:
         reduce()
     opt.step()
@@ -119,7 +120,7 @@ def cmd_zoo(args) -> None:
             _step(model, opt, loss_fn, x, y)
             times.append(time.perf_counter() - t)
         step = float(np.median(times))
-        nbytes = 4 * sum(p.size for p in model.parameters() if p.requires_grad)
+        nbytes = 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
         cells = [name, "x".join(map(str, shape)), str(batch), f"{nbytes // 4:,}", f"{nbytes / 1e6:.1f}", f"{step:.3f}"]
         for bw, lat in LINKS.values():
             cells += [f"{1e3 * ring_allreduce_seconds(nbytes, n, bw, lat):.1f}" for n in (8, 64)]

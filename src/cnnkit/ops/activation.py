@@ -20,7 +20,7 @@ from ..nn import _recycle
 from ..nn._kernels import log_softmax, softmax
 from ..nn._parallel import parallel_for
 
-__all__ = ["ReLU", "ReLU6", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "sigmoid"]
+__all__ = ["ReLU", "ReLU6", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "sigmoid", "relu_gradient"]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -68,22 +68,26 @@ class ReLU(Function):
 
     @staticmethod
     def backward(ctx, g):
-        mask = ctx.mask
-        if mask is None:               # folded into the consumer's backward
+        if ctx.mask is None:           # folded into the consumer's backward
             return g
-        # mask: a bool array, or the (in-place) output, whose positive entries are the mask.
-        if g.shape != mask.shape:
-            return g * (mask if mask.dtype == bool else mask > 0)
-        # A gradient the engine owns (the consumer's fresh array) is masked in place.
-        gx = g if ctx.grads_owned[0] else _recycle.empty_like(g)
+        return relu_gradient(g, ctx.mask, ctx.grads_owned[0])
 
-        def run(start, stop):
-            part = slice(start, stop) if gx.ndim else ()
-            m = mask[part] if mask.dtype == bool else mask[part] > 0
-            np.multiply(g[part], m, out=gx[part])
 
-        _split_rows(gx, run)
-        return gx
+def relu_gradient(g: np.ndarray, mask: np.ndarray, owned: bool) -> np.ndarray:
+    """``g * (mask > 0)``: a ReLU's backward. ``mask``: a bool array, or the ReLU's output
+    (positive exactly where its input was). A gradient nobody else holds (``owned``: the
+    consumer's fresh array) is masked in place; the rows are split over the kernel threads."""
+    if g.shape != mask.shape:
+        return g * (mask if mask.dtype == bool else mask > 0)
+    gx = g if owned else _recycle.empty_like(g)
+
+    def run(start, stop):
+        part = slice(start, stop) if gx.ndim else ()
+        m = mask[part] if mask.dtype == bool else mask[part] > 0
+        np.multiply(g[part], m, out=gx[part])
+
+    _split_rows(gx, run)
+    return gx
 
 
 class ReLU6(Function):

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..autograd.function import Function
 from ..nn import _kernels as K
+from .activation import relu_gradient
 
 __all__ = ["Conv2d", "Conv2dReluAvgPool", "Conv2dReluMaxPool", "ZeroPad2d"]
 
@@ -50,8 +51,8 @@ class Conv2d(Function):
     @staticmethod
     def backward(ctx, g):
         weight, out = ctx.saved_tensors
-        if out is not None:
-            g = g * (out > 0)
+        if out is not None:              # the fused ReLU's backward first
+            g = relu_gradient(g, out, ctx.grads_owned[0])
         need_x, need_w, need_b = (ctx.needs_input_grad + (False,))[:3]
         return K.conv2d_backward(g, ctx.cache, weight, need_input_grad=need_x, need_weight_grad=need_w,
                                  need_bias_grad=need_b)
