@@ -47,7 +47,7 @@ class _PickledOrderedDict(OrderedDict):
 
     torch pickles a state dict's ``_metadata`` through the BUILD opcode, which sets attributes
     on the instance. Set freely, such an attribute could shadow a method (``items``, ``keys``)
-    and change what the reader sees; like ``torch.load(weights_only=True)`` this accepts only a
+    and change what the reader sees; like PyTorch's loader with ``weights_only=True`` this accepts only a
     dict state, and it keeps nothing of it (the metadata is torch's own bookkeeping).
     """
 
