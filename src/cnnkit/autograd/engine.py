@@ -27,9 +27,15 @@ __all__ = ["run_backward"]
 
 def _owned(g: np.ndarray, incoming: tuple, earlier: list) -> bool:
     """Whether ``g`` (returned by a backward) is a new array nobody else holds."""
-    if not g.flags.writeable or any(g is e for e in earlier):
+    if not g.flags.writeable:
         return False
-    return not any(isinstance(gi, np.ndarray) and np.may_share_memory(g, gi) for gi in incoming)
+    for e in earlier:
+        if g is e:
+            return False
+    for gi in incoming:
+        if np.may_share_memory(g, gi):
+            return False
+    return True
 
 
 def _accumulate_leaf(leaf, g: np.ndarray, owned: bool) -> None:
@@ -126,13 +132,21 @@ def run_backward(roots: list, grads: list, retain_graph: bool = False) -> None:
             node.ctx = None
         earlier: list = []
         for edge, g in zip(node.edges, result):
-            if edge is None or g is None:
+            if edge is None:
+                continue
+            leaf = not isinstance(edge, tuple)
+            if g is None:
+                if not leaf:                   # an edge that carried no gradient still counts
+                    child = edge[0]
+                    consumers[child] -= 1
+                    if consumers[child] == 0:
+                        ready.append(child)
                 continue
             if not isinstance(g, np.ndarray):
                 g = np.asarray(g.data if hasattr(g, "grad_fn") else g)
             owned = _owned(g, grads_in, earlier)
             earlier.append(g)
-            if not isinstance(edge, tuple):
+            if leaf:
                 _accumulate_leaf(edge, g, owned)
                 continue
             child, index = edge
@@ -141,7 +155,9 @@ def run_backward(roots: list, grads: list, retain_graph: bool = False) -> None:
                     f"{node.function.__name__}.backward returned a gradient of shape {g.shape} for an "
                     f"input of shape {child.shapes[index]}"
                 )
-            slot = pending.setdefault(child, [None] * len(child.shapes))
+            slot = pending.get(child)
+            if slot is None:
+                slot = pending[child] = [None] * len(child.shapes)
             prev = slot[index]
             if prev is None:
                 slot[index] = (g, owned)
@@ -152,13 +168,6 @@ def run_backward(roots: list, grads: list, retain_graph: bool = False) -> None:
             consumers[child] -= 1
             if consumers[child] == 0:
                 ready.append(child)
-        # Edges that carried no gradient still count as handed over.
-        for edge, g in zip(node.edges, result):
-            if isinstance(edge, tuple) and g is None:
-                child = edge[0]
-                consumers[child] -= 1
-                if consumers[child] == 0:
-                    ready.append(child)
         del grads_in, result, ctx
 
 

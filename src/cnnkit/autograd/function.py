@@ -77,10 +77,21 @@ class FunctionCtx:
         """Accepted for PyTorch compatibility: integer outputs never require a gradient."""
 
 
-def _is_tensor(obj: Any) -> bool:
-    from .._tensor import Tensor
+_TENSOR = None
 
-    return isinstance(obj, Tensor)
+
+def _tensor_class():
+    """``cnnkit.Tensor``, imported once (the tensor module imports this one)."""
+    global _TENSOR
+    if _TENSOR is None:
+        from .._tensor import Tensor
+
+        _TENSOR = Tensor
+    return _TENSOR
+
+
+def _is_tensor(obj: Any) -> bool:
+    return isinstance(obj, _tensor_class())
 
 
 class Node:
@@ -153,8 +164,7 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **options):
-        from .._tensor import Tensor
-
+        Tensor = _tensor_class()
         arrays = []
         edges = []
         for a in args:
