@@ -298,8 +298,12 @@ class Tensor:
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         # np.exp(t), ndarray + t: differentiable where a Function exists, else plain arrays.
-        if method == "__call__" and not kwargs.get("out") and ufunc.__name__ in _UFUNCS:
-            return _UFUNCS[ufunc.__name__](*inputs)
+        if method == "__call__" and not kwargs.get("out"):
+            name = ufunc.__name__
+            if name in _BINARY_UFUNCS and len(inputs) == 2:
+                return _binary(_BINARY_UFUNCS[name], *inputs)
+            if name in _UNARY_UFUNCS and len(inputs) == 1:
+                return getattr(inputs[0], _UNARY_UFUNCS[name])()
         raw = [_data(i) for i in inputs]
         if "out" in kwargs:
             kwargs["out"] = tuple(_data(o) for o in kwargs["out"])
@@ -411,14 +415,14 @@ class Tensor:
     def clone(self) -> "Tensor":
         """A copy that stays in the graph (its gradient flows back to self)."""
         if self.requires_grad:
-            return _Clone.apply(self)
+            return _ops()[2].Clone.apply(self)
         return Tensor._wrap(self.data.copy())
 
     def contiguous(self) -> "Tensor":
         if self.data.flags.c_contiguous:
             return self
         if self.requires_grad:
-            return _Clone.apply(self)
+            return _ops()[2].Clone.apply(self)
         return Tensor._wrap(np.ascontiguousarray(self.data))
 
     def is_contiguous(self) -> bool:
@@ -918,39 +922,7 @@ def _to_array(data, dtype=None) -> np.ndarray:
     return arr
 
 
-def _make_clone():
-    from .autograd.function import Function
-
-    class Clone(Function):
-        """A copy.  dx = g."""
-
-        @staticmethod
-        def forward(ctx, x):
-            return x.copy()
-
-        @staticmethod
-        def backward(ctx, g):
-            return g
-
-    return Clone
-
-
-_Clone = _make_clone()
-
-
-def _ufunc_table():
-    def binary(name):
-        return lambda a, b: _binary(name, a, b)
-
-    e = _ops
-    return {
-        "add": binary("Add"), "subtract": binary("Sub"), "multiply": binary("Mul"),
-        "true_divide": binary("Div"), "divide": binary("Div"), "power": binary("Pow"),
-        "maximum": binary("Maximum"), "minimum": binary("Minimum"),
-        "negative": lambda a: e()[0].Neg.apply(a), "exp": lambda a: e()[0].Exp.apply(a),
-        "log": lambda a: e()[0].Log.apply(a), "sqrt": lambda a: e()[0].Sqrt.apply(a),
-        "absolute": lambda a: e()[0].Abs.apply(a),
-    }
-
-
-_UFUNCS = _ufunc_table()
+# NumPy ufuncs that have a differentiable twin: np.exp(t) stays in the graph.
+_BINARY_UFUNCS = {"add": "Add", "subtract": "Sub", "multiply": "Mul", "true_divide": "Div", "divide": "Div",
+                  "power": "Pow", "maximum": "Maximum", "minimum": "Minimum"}
+_UNARY_UFUNCS = {"negative": "__neg__", "exp": "exp", "log": "log", "sqrt": "sqrt", "absolute": "abs"}

@@ -40,7 +40,7 @@ Keep shapes small: every input and parameter element costs two forward passes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 

@@ -32,7 +32,7 @@ def describe() -> list[tuple[str, str, str]]:
     if jit_on:
         jit_why += "; CNNKIT_JIT=0 turns them off"
     return [
-        ("GEMM backend", "MKL" if gemm == "mkl" else f"NumPy's BLAS", gemm_why),
+        ("GEMM backend", "MKL" if gemm == "mkl" else "NumPy's BLAS", gemm_why),
         ("kernels", kernels, jit_why),
         ("threads", str(threads), threads_why + "; CNNKIT_NUM_THREADS or --threads set it"),
     ]

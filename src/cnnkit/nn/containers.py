@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Iterable, Iterator
 
-import numpy as np
 
 from ..ops.shape import Cat
 from .module import Module

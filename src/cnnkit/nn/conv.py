@@ -104,10 +104,12 @@ class Conv2d(Module):
         return s
 
     def forward(self, x: Tensor) -> Tensor:
-        return Conv.apply(x, self.weight, self.bias, self.stride, self._pads(x), self.dilation, self.groups)
+        pads, _ = self._geometry(x)
+        return Conv.apply(x, self.weight, self.bias, self.stride, pads, self.dilation, self.groups)
 
-    def _pads(self, x: Tensor) -> tuple[int, int, int, int]:
-        """Check ``x`` against this layer; its padding as (top, bottom, left, right)."""
+    def _geometry(self, x: Tensor) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+        """Check ``x`` against this layer; (its padding as (top, bottom, left, right), the
+        output's (Ho, Wo))."""
         _check_4d(self, x)
         if x.shape[1] != self.in_channels:
             raise ValueError(
@@ -122,7 +124,7 @@ class Conv2d(Module):
                 f"{self._short_name()}: input spatial size ({h}, {wd}) is too small for kernel_size "
                 f"{self.kernel_size} with dilation {self.dilation} and padding {self.padding}"
             )
-        return pads
+        return pads, (ho, wo)
 
 
 class ZeroPad2d(Module):

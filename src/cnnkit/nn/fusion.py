@@ -98,19 +98,18 @@ def _conv_step(children: list, i: int, x: Tensor, relu_input: bool, grad: bool) 
     conv = children[i]
     second = children[i + 1] if i + 1 < len(children) else None
     third = children[i + 2] if i + 2 < len(children) else None
-    pads = conv._pads(x)
+    pads, out_hw = conv._geometry(x)
+    conv_shape = (x.shape[0], conv.out_channels) + out_hw
     args = (x, conv.weight, conv.bias, conv.stride, pads, conv.dilation, conv.groups)
     # conv -> ReLU -> pool or conv -> pool -> ReLU, one pass (an eval-mode pool with
     # gradients recomputes its winners from the full-size input, which is not kept).
     pool = second if _is(third, ReLU) else third if _is(second, ReLU) else None
     if _is(pool, MaxPool2d) and (pool.training or not grad):
-        conv_shape = (x.shape[0], conv.out_channels) + _conv_out_hw(conv, x, pads)
         _check_size(pool, _Shape(conv_shape), pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)
         out = conv_ops.Conv2dReluMaxPool.apply(*args, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode,
                                                relu_input=relu_input)
         return out, 3
     if not grad and _is(second, ReLU) and _is(third, AvgPool2d):
-        conv_shape = (x.shape[0], conv.out_channels) + _conv_out_hw(conv, x, pads)
         _check_size(third, _Shape(conv_shape), third.kernel_size, third.stride, third.padding, third.ceil_mode)
         out = conv_ops.Conv2dReluAvgPool.apply(*args, third.kernel_size, third.stride, third.padding,
                                                third.ceil_mode, third.count_include_pad)
@@ -133,14 +132,6 @@ class _Shape:
 
     def __init__(self, shape):
         self.shape = shape
-
-
-def _conv_out_hw(conv: Conv2d, x: Tensor, pads) -> tuple[int, int]:
-    from . import _kernels as K
-
-    h, w = x.shape[2], x.shape[3]
-    return (K.conv_output_size(h, conv.kernel_size[0], conv.stride[0], pads[0] + pads[1], conv.dilation[0]),
-            K.conv_output_size(w, conv.kernel_size[1], conv.stride[1], pads[2] + pads[3], conv.dilation[1]))
 
 
 def _fresh(m: Module, out, inp) -> bool:

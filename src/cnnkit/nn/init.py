@@ -20,7 +20,6 @@ import numpy as np
 
 from ..random import get_generator
 from .._tensor import Tensor
-from .module import Parameter
 
 __all__ = [
     "calculate_gain", "calculate_fan_in_and_fan_out",

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..autograd import grad_mode
-from ..autograd.grad_mode import is_grad_enabled, no_grad  # noqa: F401  (historic import place)
+from ..autograd.grad_mode import no_grad
 from .._device import check_device, device as _device_type, parse_device
 from .._tensor import Tensor
 

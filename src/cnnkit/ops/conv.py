@@ -22,7 +22,6 @@ in channels-last memory. Fused forms, chosen by ``nn.fusion``, share the same ma
 
 from __future__ import annotations
 
-import numpy as np
 
 from ..autograd.function import Function
 from ..nn import _kernels as K

@@ -8,7 +8,7 @@ import numpy as np
 from ..autograd.function import Function
 from ..nn._im2col import nchw, nhwc
 
-__all__ = ["Reshape", "Permute", "GetItem", "Cat", "Stack", "Cast", "Pad", "Expand"]
+__all__ = ["Reshape", "Permute", "GetItem", "Cat", "Stack", "Cast", "Pad", "Expand", "Clone", "Flatten"]
 
 
 class Reshape(Function):
@@ -96,6 +96,18 @@ class Stack(Function):
     @staticmethod
     def backward(ctx, g):
         return tuple(np.moveaxis(g, ctx.axis, 0))
+
+
+class Clone(Function):
+    """A copy (C-contiguous).  dx = g."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return np.array(x, copy=True, order="C")
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
 
 
 class Cast(Function):
