@@ -80,6 +80,12 @@ def _dims(args) -> tuple[int, ...]:
     return tuple(int(a) for a in args)
 
 
+def _settle_deferred() -> None:
+    """Before an in-place write: compute the convolutions deferred so far (``nn.deferred``
+    replaces this no-op when it is imported), so a write into one of their inputs comes
+    after them, as the program says."""
+
+
 class Tensor:
     """An n-dimensional array that records the operations applied to it.
 
@@ -500,6 +506,7 @@ class Tensor:
     def __setitem__(self, index, value) -> None:
         if self.requires_grad and grad_mode._enabled:
             raise RuntimeError("in-place assignment into a tensor that requires grad; do it under no_grad()")
+        _settle_deferred()
         self.data[_index(index)] = _data(value)
 
     # ------------------------------------------------------------------ arithmetic
@@ -578,6 +585,7 @@ class Tensor:
         if self.requires_grad and grad_mode._enabled:
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation; "
                                "do it under no_grad()")
+        _settle_deferred()
         op(self.data, _data(other), out=self.data, casting="unsafe")
         return self
 
@@ -611,6 +619,7 @@ class Tensor:
     def fill_(self, value):
         if self.requires_grad and grad_mode._enabled:
             raise RuntimeError("in-place fill of a tensor that requires grad; do it under no_grad()")
+        _settle_deferred()
         self.data[...] = _data(value)
         return self
 
@@ -618,6 +627,7 @@ class Tensor:
         return self.fill_(np.asarray(_data(src)).astype(self.data.dtype, copy=False))
 
     def clamp_(self, min=None, max=None):
+        _settle_deferred()
         np.clip(self.data, min, max, out=self.data)
         return self
 

@@ -11,6 +11,7 @@ from ..ops import activation as ops
 from ..ops.activation import sigmoid  # noqa: F401  (array helper used by the losses)
 from .._tensor import Tensor
 from ._kernels import log_softmax, softmax  # noqa: F401  (array kernels, historic import place)
+from . import deferred
 from .module import Module
 
 __all__ = ["ReLU", "ReLU6", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
@@ -49,6 +50,9 @@ class ReLU(Module):
         super().__init__()
 
     def forward(self, x: Tensor) -> Tensor:
+        out = deferred.then_relu(x)
+        if out is not None:
+            return out
         return ops.ReLU.apply(_as_float(self, x))
 
 

@@ -10,6 +10,7 @@ from ..random import get_generator
 from . import _kernels as F
 from ..ops.conv import Conv2d as Conv, ZeroPad2d as Pad
 from .._tensor import Tensor
+from . import deferred
 from .module import DEFAULT_DTYPE, Module, Parameter
 
 
@@ -104,7 +105,13 @@ class Conv2d(Module):
         return s
 
     def forward(self, x: Tensor) -> Tensor:
-        pads, _ = self._geometry(x)
+        pads, out_hw = self._geometry(x)
+        # Without gradients, inside a model's forward(): a ReLU or pool called next may join
+        # this convolution's pass (nn.deferred).
+        out = deferred.conv2d(x, self.weight, self.bias, self.stride, pads, self.dilation, self.groups, out_hw,
+                              min_depth=2)
+        if out is not None:
+            return out
         return Conv.apply(x, self.weight, self.bias, self.stride, pads, self.dilation, self.groups)
 
     def _geometry(self, x: Tensor) -> tuple[tuple[int, int, int, int], tuple[int, int]]:

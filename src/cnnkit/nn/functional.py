@@ -28,6 +28,7 @@ from ..ops import shape as _shape
 from ..random import get_generator
 from .._tensor import Tensor
 from . import _kernels as K
+from . import deferred as _deferred
 
 __all__ = ["conv2d", "linear", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "relu", "relu6",
            "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax", "dropout", "batch_norm", "pad",
@@ -78,7 +79,24 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: in
     weight = _tensor(weight, "weight", "conv2d")
     stride, dilation = K.pair(stride, "stride"), K.pair(dilation, "dilation")
     pads = conv_padding(padding, x.shape[2:], weight.shape[2:], stride, dilation)
+    out = _deferred_conv(x, weight, bias, stride, pads, dilation, int(groups))
+    if out is not None:
+        return out
     return _conv.Conv2d.apply(x, weight, bias, stride, pads, dilation, int(groups))
+
+
+def _deferred_conv(x, weight, bias, stride, pads, dilation, groups):
+    """Inside a module's forward() without gradients: the convolution deferred so that a
+    ReLU or pool called next can join its pass (``nn.deferred``); else None."""
+    if grad_mode._enabled or weight.ndim != 4 or x.shape[1] != weight.shape[1] * groups:
+        return None
+    if bias is not None and not isinstance(bias, Tensor):
+        return None
+    out_hw = tuple(K.conv_output_size(x.shape[2 + i], weight.shape[2 + i], stride[i], pads[2 * i] + pads[2 * i + 1],
+                                      dilation[i]) for i in range(2))
+    if min(out_hw) < 1:
+        return None
+    return _deferred.conv2d(x, weight, bias, stride, pads, dilation, groups, out_hw, min_depth=1)
 
 
 def linear(input, weight, bias=None) -> Tensor:
@@ -132,6 +150,9 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x = _four_d(_tensor(input, "input", "max_pool2d"), "max_pool2d")
     kernel, stride, padding = _pool_args(kernel_size, stride, padding, "max_pool2d")
     _pool_check(x, kernel, stride, padding, ceil_mode, "max_pool2d")
+    out = _deferred.then_max_pool(x, kernel, stride, padding, ceil_mode)
+    if out is not None:
+        return out
     return _pool.MaxPool2d.apply(x, kernel, stride, padding, bool(ceil_mode))
 
 
@@ -143,6 +164,9 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode: bool = Fal
     x = _four_d(_tensor(input, "input", "avg_pool2d"), "avg_pool2d")
     kernel, stride, padding = _pool_args(kernel_size, stride, padding, "avg_pool2d")
     _pool_check(x, kernel, stride, padding, ceil_mode, "avg_pool2d")
+    out = _deferred.then_avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad)
+    if out is not None:
+        return out
     return _pool.AvgPool2d.apply(x, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad))
 
 
@@ -155,6 +179,9 @@ def adaptive_avg_pool2d(input, output_size) -> Tensor:
 # ---------------------------------------------------------------------------------- activations
 def relu(input, inplace: bool = False) -> Tensor:
     """max(x, 0). ``inplace`` is accepted and ignored: a new tensor is returned."""
+    out = _deferred.then_relu(input)
+    if out is not None:
+        return out
     return _act.ReLU.apply(_floating(_tensor(input, "input", "relu"), "relu"))
 
 

@@ -21,6 +21,7 @@ from ..autograd import grad_mode
 from ..autograd.grad_mode import no_grad
 from .._device import check_device, device as _device_type, parse_device
 from .._tensor import Tensor
+from . import deferred
 
 DEFAULT_DTYPE = np.float32
 
@@ -159,6 +160,14 @@ class Module:
     def __call__(self, *args, **kwargs):
         if args and isinstance(args[0], np.ndarray):
             return self._call_on_array(*args, **kwargs)
+        # Counted so that the outermost call computes what its layers deferred (nn.deferred).
+        deferred.enter_module()
+        try:
+            return self._call(args, kwargs)
+        finally:
+            deferred.leave_module()
+
+    def _call(self, args, kwargs):
         if type(self).backward is not Module.backward and len(args) == 1 and isinstance(args[0], Tensor):
             # A layer with a hand-written backward on arrays: one node of the graph.
             from ..ops.legacy import ModuleWithBackward

@@ -7,6 +7,7 @@ import numpy as np
 from . import _kernels as F
 from ..ops import pool as ops
 from .._tensor import Tensor
+from . import deferred
 from .module import Module
 
 
@@ -72,6 +73,9 @@ class MaxPool2d(Module):
     def forward(self, x: Tensor) -> Tensor:
         _check_input(self, x)
         _check_size(self, x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+        out = deferred.then_max_pool(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+        if out is not None:
+            return out
         return ops.MaxPool2d.apply(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
 
 
@@ -107,6 +111,10 @@ class AvgPool2d(Module):
     def forward(self, x: Tensor) -> Tensor:
         _check_input(self, x)
         _check_size(self, x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+        out = deferred.then_avg_pool(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                     self.count_include_pad)
+        if out is not None:
+            return out
         return ops.AvgPool2d.apply(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                                    self.count_include_pad)
 

@@ -1,0 +1,273 @@
+"""Run-time fusion for layers called one by one in a ``forward()`` (inference only).
+
+Written the way PyTorch users write it,
+
+    x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+
+is three calls, each returning before the next is known, so a Sequential's planner
+(``nn.fusion``) cannot see them together. Without gradients, a convolution called inside
+another module's ``forward()`` therefore returns a ``DeferredConv``: a Tensor that knows its
+shape and dtype but computes its values when they are first needed. A ReLU, a max pool or
+an average pool applied to it before then joins its plan instead of running, and the plan
+runs as one of the fused Functions of ``ops.conv`` — the same passes a Sequential uses:
+
+    plan                          runs as
+    conv                          Conv2d
+    conv, relu                    Conv2d(relu=True): the ReLU in the output pass
+    conv, relu, max pool          Conv2dReluMaxPool (also conv, max pool, relu: they commute)
+    conv, relu, avg pool          Conv2dReluAvgPool
+    conv, max pool                Conv2d, then MaxPool2d
+
+When the values are computed:
+
+- at the first use of ``.data``: any other operation, ``print``, ``.numpy()``, a hook
+  that reads it, the next layer;
+- when the outermost module call returns (``model(x)`` never hands out a deferred tensor);
+- before any in-place Tensor write (``add_``, ``x[...] = v``, ...), so that changing an
+  input after the call cannot change the result.
+
+A deferred tensor is computed from the arrays it was called with. Changing those arrays
+in place with NumPy (``w.data[...] = 0``) inside a ``forward()`` before the convolution's
+output is used would change the result, as it would with any lazily computed value.
+
+No convolution runs twice: when a step joins the plan of a tensor that someone still holds
+(``y = conv(x); z = F.relu(y); z + y``), that tensor is computed on its own first and the
+step runs on its values. Whether someone else holds it is read from its reference count,
+calibrated at import against a tensor held by the plan alone.
+
+Values: each plan gives the layers' values one by one up to the float32 rounding of the
+convolution's sums (the fused passes run the GEMM in chunks of the batch). With gradients
+nothing is deferred: the graph records each operation as it is called.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import weakref
+
+import numpy as np
+
+from ..autograd import grad_mode
+from ..ops import activation as act_ops
+from ..ops import conv as conv_ops
+from ..ops import pool as pool_ops
+from .. import _tensor
+from .._tensor import Size, Tensor
+from . import _kernels as K
+
+__all__ = ["DeferredConv", "conv2d", "then_relu", "then_max_pool", "then_avg_pool", "settle", "enter_module",
+           "leave_module"]
+
+_DATA = Tensor.__dict__["data"]      # Tensor's own storage slot for the array
+_RELU = ("relu",)
+
+
+class _State(threading.local):
+    """Per thread: how deep module calls are nested, and the deferred tensors created
+    since the outermost one began (weak references, in creation order)."""
+
+    depth = 0
+
+    def __init__(self):
+        self.created = []
+
+
+_state = _State()
+
+
+class DeferredConv(Tensor):
+    """A convolution's output (and the ReLU / pool steps that joined it) whose values are
+    computed when first needed. Behaves as a Tensor everywhere: ``.data`` computes it.
+
+    Shape:
+        the output of the last step of its plan; known before anything is computed.
+    """
+
+    __slots__ = ("_conv", "_steps", "_source", "_shape", "_dtype")
+
+    @property
+    def data(self) -> np.ndarray:
+        arr = _DATA.__get__(self, DeferredConv)
+        if arr is None:
+            arr = self._compute()
+        return arr
+
+    @data.setter
+    def data(self, value) -> None:
+        self._conv = self._source = None
+        self._shape, self._dtype = value.shape, value.dtype
+        _DATA.__set__(self, value)
+
+    @property
+    def shape(self):
+        return Size(self._shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self._shape)
+
+    def size(self, dim: int | None = None):
+        return Size(self._shape) if dim is None else self._shape[dim]
+
+    @property
+    def pending(self) -> bool:
+        """True until the values are computed."""
+        return _DATA.__get__(self, DeferredConv) is None
+
+    def _compute(self) -> np.ndarray:
+        # The nearest earlier tensor of this plan that is computed, or that someone besides
+        # the plan holds (it is computed on its own and the later steps run on its values).
+        anc = self._source
+        while anc is not None and _DATA.__get__(anc, DeferredConv) is None and _refs(anc) <= _ONLY_THE_PLAN:
+            anc = anc._source
+        if anc is None:
+            arr = _run_plan(self._conv, self._steps)
+        else:
+            arr = anc.data
+            for step in self._steps[len(anc._steps):]:
+                arr = _run_step(arr, step)
+        self.data = arr
+        return arr
+
+
+def _refs(obj) -> int:
+    return sys.getrefcount(obj)
+
+
+class _Link:
+    __slots__ = ("_source",)
+
+
+def _calibrate() -> int:
+    """What ``_refs`` reads inside ``_compute`` for a tensor that only the plan holds: the
+    later tensor's ``_source`` and the loop's variable (the same code shape as there)."""
+    later = _Link()
+    later._source = _Link()
+    anc = later._source
+    return _refs(anc)
+
+
+_ONLY_THE_PLAN = _calibrate()
+
+
+# ---------------------------------------------------------------------------------- running a plan
+def _run_plan(conv: tuple, steps: tuple) -> np.ndarray:
+    """The fused Function of ``ops.conv`` for this plan (table in the module docstring)."""
+    kinds = tuple(s[0] for s in steps)
+    if kinds in ((), ("relu",)):
+        return conv_ops.Conv2d.apply(*conv, relu=bool(kinds)).data
+    if kinds in (("relu", "max"), ("max", "relu")):
+        _, kernel, stride, padding, ceil_mode = steps[kinds.index("max")]
+        return conv_ops.Conv2dReluMaxPool.apply(*conv, kernel, stride, padding, ceil_mode).data
+    if kinds == ("relu", "avg"):
+        return conv_ops.Conv2dReluAvgPool.apply(*conv, *steps[1][1:]).data
+    # (max,): no fused form without a ReLU
+    arr = conv_ops.Conv2d.apply(*conv).data
+    for step in steps:
+        arr = _run_step(arr, step)
+    return arr
+
+
+def _run_step(arr: np.ndarray, step: tuple) -> np.ndarray:
+    """One step on computed values, as its layer would run it."""
+    if step[0] == "relu":
+        return act_ops.ReLU.apply(arr).data
+    if step[0] == "max":
+        return pool_ops.MaxPool2d.apply(arr, *step[1:]).data
+    return pool_ops.AvgPool2d.apply(arr, *step[1:]).data
+
+
+# ---------------------------------------------------------------------------------- building plans
+def _new(conv: tuple, steps: tuple, source, shape: tuple, dtype) -> DeferredConv:
+    t = DeferredConv.__new__(DeferredConv)
+    _DATA.__set__(t, None)
+    t._grad = None
+    t.grad_fn = None
+    t._output_index = 0
+    t._hooks = None
+    t.requires_grad = False
+    t._conv, t._steps, t._source, t._shape, t._dtype = conv, steps, source, tuple(shape), dtype
+    _state.created.append(weakref.ref(t))
+    return t
+
+
+def conv2d(x: Tensor, weight: Tensor, bias, stride, pads, dilation, groups: int, out_hw,
+           min_depth: int) -> DeferredConv | None:
+    """A deferred ``conv2d`` when fusion may follow: no gradients, called at least
+    ``min_depth`` module calls deep (so the outermost call's end computes it), float inputs
+    of one dtype. None: run it now."""
+    if grad_mode._enabled or _state.depth < min_depth:
+        return None
+    dtype = x.dtype
+    if weight.dtype != dtype or (bias is not None and bias.dtype != dtype) or x.requires_grad:
+        return None
+    b = None if bias is None else bias.data
+    conv = (x.data, weight.data, b, stride, pads, dilation, groups)
+    return _new(conv, (), None, (x.shape[0], weight.shape[0]) + tuple(out_hw), dtype)
+
+
+def _pending(x) -> bool:
+    return type(x) is DeferredConv and _DATA.__get__(x, DeferredConv) is None and not grad_mode._enabled
+
+
+def then_relu(x) -> DeferredConv | None:
+    """``relu(x)`` joined to x's plan, or None when it must run now."""
+    if not _pending(x) or "relu" in (s[0] for s in x._steps) or (x._steps and x._steps[-1][0] != "max"):
+        return None
+    return _new(x._conv, x._steps + (_RELU,), x, x._shape, x._dtype)
+
+
+def _pooled_shape(x: DeferredConv, kernel, stride, padding, ceil_mode) -> tuple:
+    n, c, h, w = x._shape
+    return (n, c, K.pool_output_size(h, kernel[0], stride[0], padding[0], ceil_mode),
+            K.pool_output_size(w, kernel[1], stride[1], padding[1], ceil_mode))
+
+
+def then_max_pool(x, kernel, stride, padding, ceil_mode) -> DeferredConv | None:
+    """``max_pool2d(x)`` (arguments already checked) joined to x's plan, or None."""
+    if not _pending(x) or (x._steps and x._steps != (_RELU,)):
+        return None
+    step = ("max", kernel, stride, padding, bool(ceil_mode))
+    return _new(x._conv, x._steps + (step,), x, _pooled_shape(x, kernel, stride, padding, ceil_mode), x._dtype)
+
+
+def then_avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad) -> DeferredConv | None:
+    """``avg_pool2d(x)`` joined to x's plan when a ReLU is its last step (the one fused
+    form), or None."""
+    if not _pending(x) or x._steps != (_RELU,):
+        return None
+    step = ("avg", kernel, stride, padding, bool(ceil_mode), bool(count_include_pad))
+    return _new(x._conv, x._steps + (step,), x, _pooled_shape(x, kernel, stride, padding, ceil_mode), x._dtype)
+
+
+# ---------------------------------------------------------------------------------- when values are computed
+def settle() -> None:
+    """Compute every deferred tensor of this thread that is still held, newest first (so a
+    later step's plan runs fused before its earlier tensors are looked at)."""
+    created = _state.created
+    if not created:
+        return
+    _state.created = []
+    for ref in reversed(created):
+        t = ref()
+        if t is not None and _DATA.__get__(t, DeferredConv) is None:
+            t._compute()
+
+
+def enter_module() -> None:
+    _state.depth += 1
+
+
+def leave_module() -> None:
+    """End of a module call: the outermost one computes what is still deferred."""
+    _state.depth -= 1
+    if _state.depth == 0 and _state.created:
+        settle()
+
+
+_tensor._settle_deferred = settle   # in-place Tensor writes come after the deferred work
