@@ -8,9 +8,9 @@ def count_calls(monkeypatch, module, *names) -> dict:
     for name in names:
         real = getattr(module, name)
 
-        def counted(*args, _name=name, _real=real):
+        def counted(*args, _name=name, _real=real, **kwargs):
             calls[_name] = calls.get(_name, 0) + 1
-            return _real(*args)
+            return _real(*args, **kwargs)
 
         monkeypatch.setattr(module, name, counted)
     return calls
