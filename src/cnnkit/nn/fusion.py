@@ -17,8 +17,9 @@ so where no hook observes them, several layers may run as one operation of the g
 - a ReLU after a layer whose output nobody else sees works in place on it.
 
 A module subclass that calls the same layers from its own ``forward()`` gets the unfused
-operations: the same values (within float32 rounding for the BatchNorm fold) and the same
-gradients. A forward hook on a module switches fusion off for it, so a hook always sees
+operations with gradients: the same values (within float32 rounding for the BatchNorm fold)
+and the same gradients; without gradients ``nn.deferred`` fuses its Conv2d -> ReLU -> pool
+calls at run time into the same Functions. A forward hook on a module switches fusion off for it, so a hook always sees
 the unfused value.
 """
 
