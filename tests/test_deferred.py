@@ -234,5 +234,5 @@ def test_the_refcount_calibration_recognises_a_tensor_only_the_plan_holds():
     later._source = deferred._Link()
     anc = later._source
     assert deferred._refs(anc) == deferred._ONLY_THE_PLAN
-    other = anc  # noqa: F841  (a second holder)
-    assert deferred._refs(anc) > deferred._ONLY_THE_PLAN
+    holders = [anc]                         # a second holder
+    assert deferred._refs(anc) > deferred._ONLY_THE_PLAN and holders
