@@ -189,16 +189,71 @@ def test_an_in_place_write_into_an_input_comes_after_the_convolution():
     assert_float32_close(lazy.data, eager, _terms(model))
 
 
-def test_with_gradients_or_at_the_top_level_nothing_is_deferred():
+def test_at_the_top_level_nothing_is_deferred():
     conv = nn.Conv2d(3, 4, 3)
     x = _input()
-    assert type(conv(x)) is cnnkit.Tensor                       # grad mode
+    assert type(conv(x)) is cnnkit.Tensor                       # called by itself, not in a forward
+    assert type(F.conv2d(x, conv.weight, conv.bias)) is cnnkit.Tensor
     with cnnkit.no_grad():
-        assert type(conv(x)) is cnnkit.Tensor                   # called by itself, not in a forward
+        assert type(conv(x)) is cnnkit.Tensor
         assert type(F.conv2d(x, conv.weight, conv.bias)) is cnnkit.Tensor
-    model = Probe(lambda m, x: m.seen.setdefault("y", m.conv(x)))
-    model(x)
-    assert model.seen["y"].grad_fn is not None
+
+
+# ---------------------------------------------------------------------------------- with gradients
+def _grads(model, x, g, run):
+    """(output, d/dx, d/dweight, d/dbias) of sum(run(model, x) * g), in float64."""
+    model.zero_grad()
+    xt = cnnkit.tensor(x, requires_grad=True)
+    out = run(model, xt)
+    (out * cnnkit.from_numpy(g)).sum().backward()
+    return out.data, xt.grad.data, model.conv.weight.grad.data, model.conv.bias.grad.data
+
+
+@pytest.mark.parametrize("plan", [p for p in PLANS if p != "relu_avg"])
+def test_with_gradients_each_plan_records_its_fused_function_and_gives_the_layers_gradients(plan):
+    from graph_helpers import names
+    body, _ = PLANS[plan]
+    model = Probe(body).to(cnnkit.float64)
+    x = np.random.default_rng(1).standard_normal((3, 3, 10, 10))
+    fused = model(cnnkit.tensor(x, requires_grad=True))
+    expected = {"relu": "Conv2d", "strided_pool": "Conv2dReluMaxPool"}.get(plan, "Conv2dReluMaxPool")
+    assert names(fused)[0] == expected and "ReLU" not in names(fused)
+    g = np.random.default_rng(2).standard_normal(fused.shape)
+    # The reference: the same calls at the top level, where nothing is deferred.
+    got = _grads(model, x, g, lambda m, xt: m(xt))
+    want = _grads(model, x, g, lambda m, xt: body(m, xt))
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)   # float64: rounding only
+
+
+def test_with_gradients_an_average_pool_runs_on_the_fused_relu():
+    model = Probe(PLANS["relu_avg"][0])
+    from graph_helpers import names
+    assert names(model(_input()))[:2] == ["AvgPool2d", "Conv2d"]
+
+
+def test_a_module_written_with_F_passes_gradcheck_through_the_fused_plans():
+    def body(m, x):
+        y = F.max_pool2d(F.relu(m.conv(x)), 2)
+        return F.relu(m.conv2(y)) + F.relu(F.max_pool2d(m.conv2(y), 1))
+
+    model = Probe(body, in_channels=2, out_channels=3)
+    model.conv2 = nn.Conv2d(3, 2, 3, padding=1)
+    assert cnnkit.gradcheck(model, np.random.default_rng(3).standard_normal((2, 2, 6, 6)), rtol=1e-5, atol=1e-7)
+
+
+def test_a_step_called_in_another_grad_mode_does_not_join():
+    def body(m, x):
+        y = m.conv(x)
+        with cnnkit.no_grad():
+            z = F.relu(y)
+        m.seen["z"] = z
+        return F.relu(y)
+
+    model = Probe(body)
+    out = model(_input())
+    assert out.grad_fn is not None and model.seen["z"].grad_fn is None
+    np.testing.assert_array_equal(model.seen["z"].data, out.data)
 
 
 def test_an_error_inside_forward_leaves_no_state_behind():

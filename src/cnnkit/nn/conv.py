@@ -106,8 +106,8 @@ class Conv2d(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         pads, out_hw = self._geometry(x)
-        # Without gradients, inside a model's forward(): a ReLU or pool called next may join
-        # this convolution's pass (nn.deferred).
+        # Inside a model's forward(): a ReLU or pool called next may join this
+        # convolution's pass (nn.deferred).
         out = deferred.conv2d(x, self.weight, self.bias, self.stride, pads, self.dilation, self.groups, out_hw,
                               min_depth=2)
         if out is not None:

@@ -86,9 +86,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: in
 
 
 def _deferred_conv(x, weight, bias, stride, pads, dilation, groups):
-    """Inside a module's forward() without gradients: the convolution deferred so that a
-    ReLU or pool called next can join its pass (``nn.deferred``); else None."""
-    if grad_mode._enabled or weight.ndim != 4 or x.shape[1] != weight.shape[1] * groups:
+    """Inside a module's forward(): the convolution deferred so that a ReLU or pool called
+    next can join its pass (``nn.deferred``); else None."""
+    if weight.ndim != 4 or x.shape[1] != weight.shape[1] * groups:
         return None
     if bias is not None and not isinstance(bias, Tensor):
         return None
