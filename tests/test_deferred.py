@@ -36,14 +36,25 @@ def _input(shape=(4, 3, 10, 10), seed=0):
     return cnnkit.from_numpy(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
 
 
+def _eager(model, x):
+    """The output of ``model.forward`` called directly, at the top level: no module call
+    encloses its layers, so each runs as it is called (nothing is deferred)."""
+    with cnnkit.no_grad():
+        return model.forward(x).data
+
+
 def _both(model, x):
-    """(output without gradients, output with them): the second runs every call as it
-    comes (a graph is recorded, nothing is deferred)."""
+    """(output of the model's call without gradients, the layers' output one by one)."""
     with cnnkit.no_grad():
         lazy = model(x)
-    eager = model(x)
-    assert eager.grad_fn is not None
-    return lazy.data, eager.data
+    return lazy.data, _eager(model, x)
+
+
+def _counted(model, x, monkeypatch):
+    """(the model's output without gradients, the convolution kernels it ran: name -> calls)."""
+    calls = count_calls(monkeypatch, K, *KERNELS)
+    with cnnkit.no_grad():
+        return model(x), calls
 
 
 # A convolution of C x 3 x 3 taps: the fused pass adds its products in other chunks of the
@@ -71,10 +82,8 @@ def test_each_plan_runs_as_one_fused_pass_with_the_layers_values(plan, monkeypat
     body, kernels = PLANS[plan]
     model = Probe(body)
     x = _input()
-    eager = model(x).data
-    calls = count_calls(monkeypatch, K, *KERNELS)
-    with cnnkit.no_grad():
-        lazy = model(x)
+    eager = _eager(model, x)
+    lazy, calls = _counted(model, x, monkeypatch)
     assert calls == {k: 1 for k in kernels}          # one pass, and only the fused one
     assert type(lazy) is not deferred.DeferredConv or not lazy.pending
     assert lazy.shape == eager.shape and lazy.dtype == np.float32
@@ -95,7 +104,7 @@ def test_steps_that_do_not_fuse_give_the_layers_values(body):
     assert_float32_close(lazy, eager, _terms(model))
 
 
-def test_the_reference_networks_written_with_F_match_their_graph_mode_outputs():
+def test_the_reference_networks_written_with_F_match_their_layers_one_by_one():
     import os
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
@@ -118,12 +127,9 @@ def test_a_tensor_someone_still_holds_is_computed_once_and_the_step_runs_on_it(m
 
     model = Probe(body)
     x = _input()
-    eager = model(x).data
-    calls = count_calls(monkeypatch, K, *KERNELS)
-    with cnnkit.no_grad():
-        lazy = model(x)
+    lazy, calls = _counted(model, x, monkeypatch)
     assert calls == {"conv2d_forward": 1}
-    assert_float32_close(lazy.data, eager, _terms(model))
+    assert_float32_close(lazy.data, _eager(model, x), _terms(model))
 
 
 def test_two_steps_joined_to_one_tensor_share_its_convolution(monkeypatch):
@@ -135,12 +141,10 @@ def test_two_steps_joined_to_one_tensor_share_its_convolution(monkeypatch):
 
     model = Probe(body)
     x = _input()
-    eager = model(x).data
-    calls = count_calls(monkeypatch, K, *KERNELS)
-    with cnnkit.no_grad():
-        lazy = model(x)
+    lazy, calls = _counted(model, x, monkeypatch)
     assert calls == {"conv2d_forward": 1}
-    assert_float32_close(lazy.data, eager, _terms(model) * 100)
+    # The sums over 10 x 10 positions add 100 terms to each convolution's.
+    assert_float32_close(lazy.data, _eager(model, x), _terms(model) * 100)
 
 
 def test_shape_and_dtype_are_known_before_anything_is_computed():
@@ -182,7 +186,7 @@ def test_an_in_place_write_into_an_input_comes_after_the_convolution():
 
     model = Probe(body)
     x = _input()
-    eager = model(x.clone()).data
+    eager = _eager(model, x.clone())
     with cnnkit.no_grad():
         lazy = model(x)
     assert np.all(x.data == 0)
