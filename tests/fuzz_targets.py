@@ -1,12 +1,17 @@
 """The fuzzing harness behind tests/test_fuzz_readers.py (not a test module).
 
-Run as ``python fuzz_targets.py TARGET SECONDS MEMORY_MIB``: feeds hypothesis-generated
+Run as ``python fuzz_targets.py TARGET SECONDS MEMORY_MIB [SEED]``: feeds hypothesis-generated
 inputs to one reader for SECONDS seconds under an address-space cap of MEMORY_MIB above
 what the process already uses (``resource.setrlimit(RLIMIT_AS)``), so an allocation driven
 by a size in the input fails as MemoryError instead of exhausting the machine. The only
 allowed outcomes of a reader are a result or the library's own error type; anything else
 (MemoryError included) is printed as one JSON line ``{"failure": ...}`` with the input, and
 the exit code is 1. Success prints ``{"examples": N}``.
+
+SEED (default 0) makes the inputs a fixed sequence: round i of 50 examples uses hypothesis's
+seed SEED + i, so a run that finds nothing today finds nothing tomorrow on the same code
+(a CI run must not fail at random), and a finding names the round that reproduces it.
+``random`` explores afresh each run (for long runs by hand).
 
 Inputs are valid files mutated at two levels: the raw bytes (flips, cuts, insertions,
 splices), and the inner structure (the pickle inside a .pth zip, the JSON header of a
@@ -31,7 +36,7 @@ import traceback
 import zipfile
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from cnnkit.data import CIFAR10, DataFormatError, read_idx, write_idx
@@ -264,7 +269,7 @@ def _address_space() -> int:
         return int(f.read().split()[0]) * resource.getpagesize()
 
 
-def main(name: str, seconds: float, memory_mib: int) -> int:
+def main(name: str, seconds: float, memory_mib: int, seed_base: str = "0") -> int:
     folder = tempfile.mkdtemp(prefix=f"cnnkit-fuzz-{name}-")
     strategy, run, allowed = TARGETS[name](folder)
     cap = _address_space() + memory_mib * (1 << 20)
@@ -272,6 +277,7 @@ def main(name: str, seconds: float, memory_mib: int) -> int:
     deadline = time.monotonic() + seconds
     count = 0
     failure: dict = {}
+    fixed = seed_base != "random"
 
     @settings(max_examples=50, deadline=None, database=None, derandomize=False,
               suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
@@ -289,15 +295,20 @@ def main(name: str, seconds: float, memory_mib: int) -> int:
                            input_size=len(data), traceback=traceback.format_exc()[-2000:])
             raise
 
+    rounds = 0
     while time.monotonic() < deadline:
+        run_round = seed(int(seed_base) + rounds)(check) if fixed else check
         try:
-            check()
+            run_round()
         except Exception:  # the failure is recorded above (hypothesis re-raises the minimal one)
+            if fixed:
+                failure["seed"] = int(seed_base) + rounds
             print(json.dumps({"failure": failure, "target": name, "examples": count}))
             return 1
-    print(json.dumps({"examples": count, "target": name}))
+        rounds += 1
+    print(json.dumps({"examples": count, "target": name, "rounds": rounds}))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3])))
+    sys.exit(main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5]))

@@ -128,3 +128,20 @@ def test_gz_suffix_without_gzip_magic(tmp_path):
 def test_bad_kind_argument(tmp_path):
     with pytest.raises(ValueError, match="kind must be"):
         read_idx(tmp_path / "x", "pictures")
+
+
+def test_empty_shape_whose_other_sizes_overflow(tmp_path):
+    # Found by tests/test_fuzz_readers.py: 11 dimensions, two of them 0 (so no data bytes
+    # are expected), the others multiplying past NumPy's index type.
+    p = tmp_path / "huge-empty-idx"
+    p.write_bytes(bytes.fromhex("0000080b0000000000000000000000020000000300000004"
+                                "000102030405060708090a0b0c0d0e0f1011121314151617"))
+    with pytest.raises(DataFormatError, match="too large for an array"):
+        read_idx(p)
+
+
+def test_more_dimensions_than_numpy_allows(tmp_path):
+    p = tmp_path / "deep-idx"
+    p.write_bytes(struct.pack(">I", 0x0800 + 40) + struct.pack(">40I", *([1] * 40)) + b"\x07")
+    with pytest.raises(DataFormatError, match="40 dimensions, at most 32"):
+        read_idx(p)

@@ -88,6 +88,10 @@ def read_idx(path: str | os.PathLike, kind: str | None = None) -> np.ndarray:
         raise DataFormatError(f"{path.name}: corrupt gzip data ({e})") from None
 
 
+#: Dimensions an IDX header may declare: NumPy 1.x arrays have at most 32 (2.x: 64).
+_MAX_NDIM = 32
+
+
 def _parse(f, name: str, kind: str | None) -> np.ndarray:
     magic_bytes = f.read(4)
     if len(magic_bytes) < 4:
@@ -108,6 +112,13 @@ def _parse(f, name: str, kind: str | None) -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(dims_bytes, dtype=">u4"))
     dtype = _DTYPES[dtype_code]
     expected = math.prod(shape) * dtype.itemsize  # exact: no int64 overflow for 255 huge dims
+    # NumPy refuses more dimensions, and an empty shape whose other sizes overflow its index
+    # type ("array is too big"): say so before reading, in this reader's words.
+    if ndim > _MAX_NDIM:
+        raise DataFormatError(f"{name}: header declares {ndim} dimensions, at most {_MAX_NDIM} are supported")
+    if math.prod(d for d in shape if d) * dtype.itemsize > np.iinfo(np.intp).max:
+        raise DataFormatError(f"{name}: header declares dimensions {'x'.join(map(str, shape))}, "
+                              f"too large for an array")
     data = _read_up_to(f, expected)
     got = len(data)
     declared = "x".join(map(str, shape))
