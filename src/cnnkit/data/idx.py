@@ -112,13 +112,6 @@ def _parse(f, name: str, kind: str | None) -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(dims_bytes, dtype=">u4"))
     dtype = _DTYPES[dtype_code]
     expected = math.prod(shape) * dtype.itemsize  # exact: no int64 overflow for 255 huge dims
-    # NumPy refuses more dimensions, and an empty shape whose other sizes overflow its index
-    # type ("array is too big"): say so before reading, in this reader's words.
-    if ndim > _MAX_NDIM:
-        raise DataFormatError(f"{name}: header declares {ndim} dimensions, at most {_MAX_NDIM} are supported")
-    if math.prod(d for d in shape if d) * dtype.itemsize > np.iinfo(np.intp).max:
-        raise DataFormatError(f"{name}: header declares dimensions {'x'.join(map(str, shape))}, "
-                              f"too large for an array")
     data = _read_up_to(f, expected)
     got = len(data)
     declared = "x".join(map(str, shape))
@@ -128,6 +121,12 @@ def _parse(f, name: str, kind: str | None) -> np.ndarray:
     if f.read(1):
         raise DataFormatError(f"{name}: header declares {declared} = {expected} bytes of data, "
                               f"but the file has more (trailing bytes)")
+    # The bytes are all there; NumPy still refuses more dimensions, and an empty shape whose
+    # other sizes overflow its index type ("array is too big"): say so in this reader's words.
+    if ndim > _MAX_NDIM:
+        raise DataFormatError(f"{name}: header declares {ndim} dimensions, at most {_MAX_NDIM} are supported")
+    if math.prod(d for d in shape if d) * dtype.itemsize > np.iinfo(np.intp).max:
+        raise DataFormatError(f"{name}: header declares dimensions {declared}, too large for an array")
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     return arr if dtype.isnative or dtype.itemsize == 1 else arr.astype(dtype.newbyteorder("="))
 
