@@ -260,15 +260,20 @@ def test_a_step_called_in_another_grad_mode_does_not_join():
     np.testing.assert_array_equal(model.seen["z"].data, out.data)
 
 
-def test_an_error_inside_forward_leaves_no_state_behind():
+def test_an_error_inside_forward_leaves_no_state_behind(monkeypatch):
     def body(m, x):
-        F.relu(m.conv(x))
+        m.seen["kept"] = F.relu(m.conv(x))
         raise ValueError("boom")
 
     model = Probe(body)
+    calls = count_calls(monkeypatch, K, *KERNELS)
     with cnnkit.no_grad(), pytest.raises(ValueError, match="boom"):
         model(_input())
-    assert deferred._state.depth == 0
+    assert deferred._state.depth == 0 and deferred._state.created == []
+    assert calls == {}                           # nothing computed after the error
+    kept = model.seen["kept"]
+    assert kept.pending and tuple(kept.shape) == (4, 5, 10, 10)
+    assert float(kept.data.min()) >= 0           # still computed on use
     ok = Probe(lambda m, x: F.relu(m.conv(x)))
     with cnnkit.no_grad():
         assert not ok(_input()).pending

@@ -300,11 +300,16 @@ def enter_module() -> None:
     _state.depth += 1
 
 
-def leave_module() -> None:
-    """End of a module call: the outermost one computes what is still deferred."""
+def leave_module(failed: bool = False) -> None:
+    """End of a module call: the outermost one computes what is still deferred, unless the
+    call raised (then nothing more is computed: the error is what the caller gets, and a
+    tensor still held is computed when it is used)."""
     _state.depth -= 1
     if _state.depth == 0 and _state.created:
-        settle()
+        if failed:
+            _state.created = []
+        else:
+            settle()
 
 
 _tensor._settle_deferred = settle   # in-place Tensor writes come after the deferred work

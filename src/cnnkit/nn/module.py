@@ -163,9 +163,12 @@ class Module:
         # Counted so that the outermost call computes what its layers deferred (nn.deferred).
         deferred.enter_module()
         try:
-            return self._call(args, kwargs)
-        finally:
-            deferred.leave_module()
+            out = self._call(args, kwargs)
+        except BaseException:
+            deferred.leave_module(failed=True)
+            raise
+        deferred.leave_module()
+        return out
 
     def _call(self, args, kwargs):
         if type(self).backward is not Module.backward and len(args) == 1 and isinstance(args[0], Tensor):
