@@ -295,3 +295,20 @@ def test_accumulate_runs_on_mkl_even_when_small(mkl_calls, monkeypatch):
 def test_accumulate_needs_out():
     with pytest.raises(ValueError, match="accumulate=True needs an out array"):
         _gemm.matmul(_rand((3, 4)), _rand((4, 2)), accumulate=True)
+
+
+def test_mkl_keeps_no_buffers_of_its_own_after_products(mkl_calls):
+    """cnnkit turns MKL's memory manager off when it loads MKL (see ``_gemm._load_mkl``):
+    the packing buffers of each product are freed, not kept for reuse, which measured 30-35
+    MB less peak training memory on the VGG benchmark. ``mkl_mem_stat`` counts the bytes the
+    manager holds."""
+    import ctypes
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((512, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 256)).astype(np.float32)
+    _check(_gemm.matmul(a, b), a, b)
+    assert mkl_calls == ["sgemm"]
+    lib = ctypes.CDLL(_gemm._loaded[2])
+    lib.mkl_mem_stat.restype = ctypes.c_int64
+    buffers = ctypes.c_int(0)
+    assert lib.mkl_mem_stat(ctypes.byref(buffers)) == 0 and buffers.value == 0
