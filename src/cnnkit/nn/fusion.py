@@ -16,10 +16,9 @@ so where no hook observes them, several layers may run as one operation of the g
   Conv2d before it (weights scaled, bias shifted, the activation a clip);
 - a ReLU after a layer whose output nobody else sees works in place on it.
 
-A module subclass that calls the same layers from its own ``forward()`` gets the unfused
-operations with gradients: the same values (within float32 rounding for the BatchNorm fold)
-and the same gradients; without gradients ``nn.deferred`` fuses its Conv2d -> ReLU -> pool
-calls at run time into the same Functions. A forward hook on a module switches fusion off for it, so a hook always sees
+A module subclass that calls the same layers from its own ``forward()`` gets the same
+values (within float32 rounding for the BatchNorm fold) and the same gradients; there
+``nn.deferred`` fuses its Conv2d -> ReLU -> pool calls at run time into the same Functions. A forward hook on a module switches fusion off for it, so a hook always sees
 the unfused value.
 """
 
