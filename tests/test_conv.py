@@ -31,7 +31,7 @@ IDS = [c[0] for c in CONFIGS]
 
 
 @pytest.fixture(params=["default", "default_numpy", "channels_last_im2col", "winograd", "winograd_numpy",
-                        "row_blocks", "row_taps"])
+                        "row_blocks", "row_taps", "tap_weight_grad"])
 def algorithm(request, monkeypatch):
     """Run a test with the default kernels (with the compiled copies and output pass where
     Numba is installed, the copies also for the few channels of the test layers, and with
@@ -43,7 +43,16 @@ def algorithm(request, monkeypatch):
     installed (``_jit_winograd``) and with the NumPy ones ("winograd_numpy"), then with row blocks (``_small_channel_conv``)
     on every groups == 1 convolution whose Wo has a divisor > 1, then with row taps
     (``_row_tap_conv``) on every groups == 1 convolution of vertical stride 1, on MKL when
-    it is installed (float32), else on NumPy's products (float64 and the fallback)."""
+    it is installed (float32), else on NumPy's products (float64 and the fallback), then
+    with the column-split weight gradient (``_tap_weight_grad``; by default only for kernels
+    of 4 MB and more) on every groups == 1 convolution, its columns shared out to the
+    threads even for these tiny layers and one image per chunk."""
+    if request.param == "tap_weight_grad":
+        from cnnkit.nn import _parallel, _tap_weight_grad
+        monkeypatch.setattr(_tap_weight_grad, "MIN_GRAD_BYTES", 0)
+        monkeypatch.setattr(_tap_weight_grad, "MIN_BLOCK_CHANNELS", 1)
+        monkeypatch.setattr(_tap_weight_grad, "TAP_CHUNK_BYTES", 1)
+        monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
     if request.param == "row_taps":
         from cnnkit.nn import _conv_kernels, _gemm, _parallel
         from cnnkit.nn import _small_channel_conv
@@ -173,6 +182,31 @@ def test_winograd_big_layer_parity_with_torch_float32():
     # absolute tolerance is scaled to the gradient's magnitude (float32: ~1e-7 * terms).
     for ours, ref in ((layer.weight.grad, conv.weight.grad.numpy()), (layer.bias.grad, conv.bias.grad.numpy())):
         np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_large_kernel_weight_grad_by_columns_float32(threads):
+    # A 256 -> 512 3x3 kernel (4.7 MB) takes the column-split weight gradient by default
+    # (``_tap_weight_grad``); against a float64 sum over the padded input's windows.
+    from cnnkit.nn import _conv_kernels, _parallel, _tap_weight_grad
+    assert _tap_weight_grad.use_tap_weight_grad(1, (512, 256, 3, 3))
+    assert not _tap_weight_grad.use_tap_weight_grad(1, (256, 128, 3, 3))
+    assert not _tap_weight_grad.use_tap_weight_grad(2, (512, 256, 3, 3))
+    rng = np.random.default_rng(12)
+    n, h, w, c, o = 5, 4, 3, 256, 512
+    xt = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    g = rng.standard_normal((n, h, w, o)).astype(np.float32)
+    geo = dict(kernel=(3, 3), stride=(1, 1), dilation=(1, 1), pads=(1, 1, 1, 1), out_hw=(h, w))
+    _parallel.set_num_threads(threads)          # tests/conftest.py restores the default afterwards
+    gw, gb = _conv_kernels.gemm_conv_param_grads(g, xt, (o, c, 3, 3), 1, geo)
+    xp = np.pad(xt.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ref = np.empty((o, c, 3, 3))
+    for i in range(3):
+        for j in range(3):
+            ref[:, :, i, j] = np.einsum("nhwo,nhwc->oc", g.astype(np.float64), xp[:, i:i + h, j:j + w])
+    assert gw.dtype == np.float32 and gw.shape == (o, c, 3, 3) and gw.flags.c_contiguous
+    assert_float32_close(gw, ref, n_terms=n * h * w)
+    assert_float32_close(gb, g.astype(np.float64).sum(axis=(0, 1, 2)), n_terms=n * h * w)
 
 
 @pytest.mark.parametrize("pads, hw", [((1, 1, 1, 1), (6, 7)), ((2, 0, 1, 2), (5, 5))])

@@ -31,7 +31,7 @@ from ._epilogue import finish_output, mask_by_positive
 from ._im2col import col2im, col2im_tap_major, im2col, im2col_rows, tap_pairs, tap_windows
 from ._small_channel_conv import small_c_block, small_c_kernel, small_c_weight_grad
 from ._parallel import parallel_for
-from . import _gemm, _jit, _jit_conv, _recycle, _winograd as wino
+from . import _gemm, _jit, _jit_conv, _recycle, _tap_weight_grad as taps, _winograd as wino
 
 #: Target size of one chunk's column matrix; at least one sample per chunk.
 CHUNK_BYTES = 8 << 20
@@ -313,6 +313,10 @@ def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: i
     if need_weight_grad and wino.use_winograd(geo["kernel"], geo["stride"], geo["dilation"], groups, cg, o) \
             and wino.use_winograd_weight_grad(n, (ho, wo), cg, o):
         gw = wino.winograd_weight_grad(g, xt, geo["pads"])
+        gb = column_sums(g.reshape(-1, o)) if need_bias_grad else None
+        return gw, gb
+    if need_weight_grad and taps.use_tap_weight_grad(groups, weight_shape):
+        gw = taps.tap_weight_grad(g, xt, weight_shape, geo)
         gb = column_sums(g.reshape(-1, o)) if need_bias_grad else None
         return gw, gb
     if need_weight_grad and groups == 1 and (block := small_c_block(cg, o, wo, SMALL_C)):

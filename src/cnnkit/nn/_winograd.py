@@ -34,6 +34,10 @@ _KB = np.kron(_BT, _BT)   # (16, 16): input tile -> transformed tile
 _KG = np.kron(_G, _G)     # (16, 9): kernel -> transformed kernel
 _KA = np.kron(_AT, _AT)   # (4, 16): transformed product -> 2x2 outputs
 
+#: The workspace name of the raw input tiles and of the products: the same scratch as
+#: im2col's columns (``_conv_kernels``), which no Winograd call needs while it runs, so a
+#: thread holds one buffer for both (8 MB less for the VGG-style net at batch 64).
+_TILES = "conv_cols"
 #: Target bytes of one chunk's transformed input tiles.
 CHUNK_BYTES = 4 << 20
 #: GEMM rows (tiles) per chunk at least: fewer make the 16 GEMMs inefficient.
@@ -109,7 +113,7 @@ def _input_tiles(x: np.ndarray, pads, th: int, tw: int, name: str, kb: np.ndarra
     xp = pad_nhwc(x, (t, b + extra_h, l, r + extra_w), "wino_pad")
     if kb is None:
         kb, _, _ = _consts(x.dtype)
-    d = workspace.get("wino_d", (16, n * th * tw * c), x.dtype)
+    d = workspace.get(_TILES, (16, n * th * tw * c), x.dtype)
     np.copyto(d.reshape(4, 4, n, th, tw, c), _tiles(xp, th, tw, 4, 2))
     v = workspace.get(name, (16, n * th * tw, c), x.dtype)
     _gemm.matmul(kb, d, out=v.reshape(16, -1))
@@ -154,7 +158,7 @@ def winograd_conv(xt: np.ndarray, wt: np.ndarray, pads, out_hw, bias=None, flipp
                 _jit_winograd.input_tiles(xt[n0:n1], pads[0], pads[2], th, tw, perm, v)
             else:
                 v = _input_tiles(xt[n0:n1], pads, th, tw, "wino_v", kb)
-            m = workspace.get("wino_d", (16, t, o), xt.dtype)
+            m = workspace.get(_TILES, (16, t, o), xt.dtype)
             _gemm.matmul(v, wt, out=m)
             if compiled:
                 _jit_winograd.output_tiles(m, bias_vec, clip_low, cap, perm, dst, th, tw)
@@ -195,7 +199,7 @@ def winograd_weight_grad(g: np.ndarray, xt: np.ndarray, pads) -> np.ndarray:
         gp = pad_nhwc(g[n0:n1], (0, 2 * th - ho, 0, 2 * tw - wo), "wino_gpad")
         gd = workspace.get("wino_gd", (4, t * o), xt.dtype)
         np.copyto(gd.reshape(2, 2, n1 - n0, th, tw, o), _tiles(gp, th, tw, 2, 2))
-        gt = workspace.get("wino_d", (16, t, o), xt.dtype)   # the raw tiles are dead
+        gt = workspace.get(_TILES, (16, t, o), xt.dtype)   # the raw tiles are dead
         _gemm.matmul(ka.T, gd, out=gt.reshape(16, t * o))
         return _gemm.matmul(v.transpose(0, 2, 1), gt)             # (16, C, O)
 
