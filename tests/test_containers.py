@@ -831,3 +831,37 @@ def test_conv_relu_avgpool_in_one_pass_without_gradients(name, chunk_bytes, monk
     train_out = model(x)                              # with gradients: no one-pass node
     assert calls == [] and "Conv2dReluAvgPool" not in graph_helpers.names(model)
     assert_float32_close(np.asarray(train_out), ref, x.size)
+
+
+@pytest.mark.parametrize("pool_name", ["avg", "max"])
+@pytest.mark.parametrize("conv_kwargs, size, out_rows", [
+    (dict(in_channels=8, out_channels=12, kernel_size=5), 13, 8),              # seed-000's 9x9 -> 8x8
+    (dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), 11, 10),   # 'same', odd size
+    (dict(in_channels=3, out_channels=4, kernel_size=3, stride=2, padding=1), 13, 6),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, dilation=2, padding=2), 9, 8),
+    (dict(in_channels=8, out_channels=12, kernel_size=3), 10, 8),              # even: nothing to cut
+])
+def test_a_pool_that_drops_the_last_row_makes_the_fused_conv_compute_less(pool_name, conv_kwargs, size,
+                                                                           out_rows, monkeypatch):
+    """Without gradients, the fused conv + ReLU + pool computes only the convolution
+    outputs the pool's windows read (a floor-mode pool drops an odd last row and column),
+    and still gives the values of the three layers run one by one."""
+    from cnnkit.nn import AvgPool2d, Conv2d, MaxPool2d
+    from cnnkit.nn import _kernels as K
+    seen = []
+    real = K.conv_forward_kernel
+    monkeypatch.setattr(K, "conv_forward_kernel",
+                        lambda c, w, groups, geo, *a, **kw: (seen.append(geo["out_hw"]), real(c, w, groups, geo, *a, **kw))[1])
+    cnnkit.manual_seed(0)
+    conv = Conv2d(**conv_kwargs)
+    conv.bias.data -= np.float32(0.3)                # some outputs rectified to 0
+    pool = AvgPool2d(2) if pool_name == "avg" else MaxPool2d(2)
+    model = Sequential(conv, ReLU(), pool)
+    x = _x((3, conv.in_channels, size, size)).astype(np.float32)
+    with cnnkit.no_grad():
+        out = model(x)
+        full = conv(cnnkit.from_numpy(x)).numpy()
+        ref = pool(cnnkit.from_numpy(np.maximum(full, 0))).numpy()
+    assert seen[0] == (out_rows, out_rows) and full.shape[2] in (out_rows, out_rows + 1)
+    # Other GEMM chunks than the layer alone: equal up to float32 rounding of the sums.
+    assert_float32_close(out, ref, x.size)
