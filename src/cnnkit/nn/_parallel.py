@@ -4,6 +4,9 @@ Why: NumPy runs copies and elementwise operations on one core; only the BLAS GEM
 multi-threaded. Splitting the batch over a small thread pool (NumPy releases the GIL in
 its copy, ufunc and matmul loops) makes im2col, pooling and the GEMMs all use every core.
 
+The pool (``_thread_pool.ThreadPool``) runs part 0 of a region on the caller's thread and
+the others on its workers, one region at a time.
+
 NumPy's OpenBLAS is set to one thread per call the first time the pool runs, and left so
 (``set_num_threads(1)`` gives it back its previous setting). Why not restore it after each
 parallel region: after a multi-threaded call OpenBLAS's idle workers spin for ~0.1 s, and
@@ -26,7 +29,6 @@ import ctypes
 import glob
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -34,12 +36,13 @@ import numpy as np
 # _gemm imports this module too: it asks ``blas_single_threaded`` at call time only.
 from . import _gemm, _recycle
 from ._buffers import batch_chunks
+from ._thread_pool import ThreadPool
 
 #: Below this many bytes of work a layer runs serially (pool dispatch costs ~50 us).
 MIN_PARALLEL_BYTES = 1 << 20
 
 _lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
+_pool: ThreadPool | None = None
 _num_threads: int | None = None
 _in_region = threading.local()
 _saved_blas_threads: int | None = None   # NumPy's BLAS setting before the pool took over
@@ -131,17 +134,18 @@ def set_num_threads(n: int) -> None:
             _blas[0](_saved_blas_threads)
             _saved_blas_threads = None
         if _pool is not None:
-            _pool.shutdown(wait=True)
+            _pool.shutdown()
             _pool = None
 
 
-def _get_pool(n: int) -> ThreadPoolExecutor:
+def _get_pool(n: int) -> ThreadPool:
+    """The pool of ``n`` threads in all (the caller's and n - 1 workers)."""
     global _pool
     with _lock:
-        if _pool is None or _pool._max_workers != n:  # noqa: SLF001 - our own pool
+        if _pool is None or _pool.size != n:
             if _pool is not None:
-                _pool.shutdown(wait=True)
-            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cnnkit")
+                _pool.shutdown()
+            _pool = ThreadPool(n - 1, name="cnnkit")
         return _pool
 
 
@@ -182,17 +186,15 @@ def parallel_for(n: int, fn: Callable[[int, int], object], work_bytes: int) -> l
     parts = split(n, threads)
     pool = _get_pool(threads)
 
-    def run(bounds):
+    def run(start, stop):
         _in_region.active = True
         try:
-            return fn(*bounds)
+            return fn(start, stop)
         finally:
             _in_region.active = False
 
     _single_threaded_blas()
-    futures = [pool.submit(run, b) for b in parts[1:]]
-    first = run(parts[0])
-    return [first] + [f.result() for f in futures]
+    return pool.run(run, parts)
 
 
 def parallel_sum(n: int, part: Callable[[int, int], np.ndarray], bytes_per_sample: int,

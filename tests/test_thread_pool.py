@@ -1,0 +1,118 @@
+"""nn._thread_pool and parallel_for on it: parts in order, errors re-raised after every part
+has finished, one region at a time, nesting serial, a clean stop."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from cnnkit.nn import _parallel
+from cnnkit.nn._thread_pool import ThreadPool
+
+
+@pytest.fixture
+def pool():
+    p = ThreadPool(2)
+    yield p
+    p.shutdown()
+
+
+def test_each_part_runs_once_and_results_come_in_order(pool):
+    seen = []
+    out = pool.run(lambda a, b: (seen.append((a, b, threading.current_thread().name)), a * 10 + b)[1],
+                   [(0, 1), (2, 3), (4, 5)])
+    assert out == [1, 23, 45]
+    assert sorted((a, b) for a, b, _ in seen) == [(0, 1), (2, 3), (4, 5)]
+    names = {b: name for _, b, name in seen}
+    assert names[1] == threading.current_thread().name            # part 0: the caller
+    assert len({names[3], names[5]} - {names[1]}) == 2             # the others: two workers
+
+
+def test_fewer_parts_than_threads_and_reuse(pool):
+    for k in range(1, 4):
+        assert pool.run(lambda a: a, [(i,) for i in range(k)]) == list(range(k))
+    with pytest.raises(ValueError, match="4 parts for 3 threads"):
+        pool.run(lambda a: a, [(0,), (1,), (2,), (3,)])
+
+
+def test_a_worker_error_is_raised_after_every_part_finished(pool):
+    finished = []
+
+    def part(i):
+        if i == 1:
+            raise KeyError("worker part")
+        time.sleep(0.05)
+        finished.append(i)
+        return i
+
+    with pytest.raises(KeyError, match="worker part"):
+        pool.run(part, [(0,), (1,), (2,)])
+    assert sorted(finished) == [0, 2]                # nothing still running when it raised
+    assert pool.run(lambda i: i, [(0,), (1,), (2,)]) == [0, 1, 2]   # and the pool still works
+
+
+def test_the_callers_error_comes_first_and_waits_for_the_workers(pool):
+    finished = []
+
+    def part(i):
+        if i == 0:
+            raise ValueError("caller part")
+        time.sleep(0.05)
+        finished.append(i)
+        raise KeyError("later")
+
+    with pytest.raises(ValueError, match="caller part"):
+        pool.run(part, [(0,), (1,), (2,)])
+    assert sorted(finished) == [1, 2]
+
+
+def test_two_callers_take_turns(pool):
+    # Regions from two threads do not interleave: each sees its own three parts together.
+    inside = []
+    lock = threading.Lock()
+
+    def part(tag, i):
+        with lock:
+            inside.append(tag)
+        time.sleep(0.01)
+        with lock:
+            inside.append(-tag)
+        return tag
+
+    results = {}
+    threads = [threading.Thread(target=lambda t=t: results.setdefault(t, pool.run(part, [(t, i) for i in range(3)])))
+               for t in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {1: [1, 1, 1], 2: [2, 2, 2]}
+    first = inside[0]
+    assert sorted(inside[:6]) == sorted([first] * 3 + [-first] * 3)   # one region, then the other
+
+
+def test_shutdown_stops_the_threads():
+    p = ThreadPool(2, name="stop_test")
+    threads = [w.thread for w in p._workers]
+    assert all(t.is_alive() for t in threads)
+    p.shutdown()
+    assert not any(t.is_alive() for t in threads) and p.size == 1
+
+
+def test_parallel_for_splits_and_nests_serially(monkeypatch):
+    if _parallel._blas is None:
+        pytest.skip("NumPy's OpenBLAS not found: parallel_for runs serially")
+    _parallel.set_num_threads(3)                      # tests/conftest.py restores the default
+    monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
+    inner = []
+
+    def part(a, b):
+        inner.append(_parallel.parallel_for(4, lambda c, d: (c, d), 1 << 30))   # nested: one part
+        return (a, b)
+
+    assert _parallel.parallel_for(9, part, 1 << 30) == [(0, 3), (3, 6), (6, 9)]
+    assert inner == [[(0, 4)]] * 3
+    with pytest.raises(ZeroDivisionError):
+        _parallel.parallel_for(9, lambda a, b: 1 // (a - 3), 1 << 30)
+    assert _parallel.parallel_for(9, lambda a, b: float(np.sum(np.arange(a, b))), 1 << 30) == [3.0, 12.0, 21.0]
