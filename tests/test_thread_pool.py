@@ -116,3 +116,34 @@ def test_parallel_for_splits_and_nests_serially(monkeypatch):
     with pytest.raises(ZeroDivisionError):
         _parallel.parallel_for(9, lambda a, b: 1 // (a - 3), 1 << 30)
     assert _parallel.parallel_for(9, lambda a, b: float(np.sum(np.arange(a, b))), 1 << 30) == [3.0, 12.0, 21.0]
+
+
+def test_an_interrupt_while_waiting_still_waits_for_the_workers(pool, monkeypatch):
+    # Ctrl-C raised inside the wait: the region still ends only when every worker has,
+    # and the next region gets its own results, not a late "done" of the last one.
+    from cnnkit.nn import _thread_pool
+    real = _thread_pool._wait
+    raised = []
+
+    def interrupted_wait(done):
+        if not raised:
+            raised.append(1)
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as exc:
+                real(done)
+                return exc
+        return real(done)
+
+    monkeypatch.setattr(_thread_pool, "_wait", interrupted_wait)
+    finished = []
+
+    def slow(i):
+        time.sleep(0.05)
+        finished.append(i)
+        return i
+
+    with pytest.raises(KeyboardInterrupt):
+        pool.run(slow, [(0,), (1,), (2,)])
+    assert sorted(finished) == [0, 1, 2]
+    assert pool.run(lambda i: i * 2, [(0,), (1,), (2,)]) == [0, 2, 4]

@@ -48,6 +48,19 @@ class _Worker:
             self.done.release()
 
 
+def _wait(done: threading.Lock) -> BaseException | None:
+    """Acquire ``done`` even when a signal handler raises meanwhile (Ctrl-C): returning
+    before the worker has finished would leave its ``done`` released late, and the next
+    region would take that for its own end. Returns the exception to raise afterwards."""
+    interrupted = None
+    while True:
+        try:
+            done.acquire()
+            return interrupted
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller once all are done
+            interrupted = interrupted or exc
+
+
 class ThreadPool:
     """``workers`` threads that, with the caller's own, run one part of a region each.
 
@@ -82,12 +95,15 @@ class ThreadPool:
             except BaseException as exc:  # noqa: BLE001 - re-raised below, after the workers
                 error = exc
             results = [first]
+            interrupted = None
             for worker in busy:
-                worker.done.acquire()
+                interrupted = _wait(worker.done) or interrupted
                 results.append(worker.result)
                 if error is None and worker.error is not None:
                     error = worker.error
                 worker.result = worker.error = None
+            if interrupted is not None:
+                raise interrupted
             if error is not None:
                 raise error
             return results
@@ -99,7 +115,7 @@ class ThreadPool:
                 worker.call = None
                 worker.go.release()
             for worker in self._workers:
-                worker.done.acquire()
+                _wait(worker.done)
                 worker.thread.join()
             self._workers = []
             self.size = 1
