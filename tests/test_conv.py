@@ -59,6 +59,7 @@ def algorithm(request, monkeypatch):
         monkeypatch.setattr(_conv_kernels, "SMALL_C", 0)
         monkeypatch.setattr(_small_channel_conv, "BLOCK_N", 0)
         monkeypatch.setattr(_conv_kernels, "ROW_TAPS_MIN_PIXELS", 1)
+        monkeypatch.setattr(_conv_kernels, "COMPILED_COL2IM_MAX_C", 0)
         monkeypatch.setattr(_gemm, "mkl_active", lambda: True)
         monkeypatch.setattr(_gemm, "MIN_MACS", 0)
         monkeypatch.setattr(_parallel, "blas_single_threaded", lambda: True)
@@ -602,6 +603,7 @@ def test_row_tap_input_grad_matches_float64_and_is_taken(kwargs, shape, chunk_by
     from cnnkit.nn import _conv_kernels
     from cnnkit.nn import _kernels as F
     monkeypatch.setattr(_conv_kernels, "GX_TRANSPOSED_FACTOR", 0)     # col2im's branch
+    monkeypatch.setattr(_conv_kernels, "COMPILED_COL2IM_MAX_C", 0)    # ... by row columns
     calls = _spy_on_mkl_kernel(monkeypatch, "_row_tap_input_grad", chunk_bytes)
     rng = np.random.default_rng(23)
     cnnkit.manual_seed(0)

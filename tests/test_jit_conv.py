@@ -19,6 +19,7 @@ pytest.importorskip("numba")
 def test_compiled_row_tap_adds_equal_numpy_bits_and_float64(kwargs, shape, chunk_bytes, monkeypatch):
     from cnnkit.nn import _conv_kernels
     monkeypatch.setattr(_conv_kernels, "GX_TRANSPOSED_FACTOR", 0)     # col2im's branch
+    monkeypatch.setattr(_conv_kernels, "COMPILED_COL2IM_MAX_C", 0)    # ... by row columns
     row_tap_calls = _spy_on_mkl_kernel(monkeypatch, "_row_tap_input_grad", chunk_bytes)
     compiled_calls = count_calls(monkeypatch, _jit_conv, "add_row_taps")
     rng = np.random.default_rng(31)
@@ -180,3 +181,71 @@ def test_grouped_and_few_channel_columns_stay_on_numpy(monkeypatch):
     finally:
         _jit.set_enabled(None)
     assert calls == {"columns": 1, "row_columns": 1} and cols.shape == (2, 2, 5, 5, 3, 3, 32)
+
+
+# col2im geometries: (N, H, W, C), kernel, stride, dilation, pads: 'same' 3x3, LeNet's valid
+# 5x5, strided, dilated with uneven pads, a crop (negative pads), a kernel wider than the pad.
+COL2IM_CASES = [
+    ((2, 6, 7, 3), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
+    ((3, 12, 12, 10), (5, 5), (1, 1), (1, 1), (0, 0, 0, 0)),
+    ((2, 9, 11, 4), (3, 5), (2, 2), (1, 1), (1, 1, 2, 2)),
+    ((1, 8, 9, 2), (3, 3), (1, 2), (2, 1), (2, 0, 1, 1)),
+    ((2, 7, 8, 5), (3, 3), (1, 1), (1, 1), (-1, 0, -1, 1)),
+    ((1, 4, 5, 1), (5, 5), (1, 1), (1, 1), (2, 2, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("shape,kernel,stride,dilation,pads", COL2IM_CASES)
+def test_compiled_col2im_equals_numpy_bits_and_is_the_adjoint(shape, kernel, stride, dilation, pads, monkeypatch):
+    from cnnkit.nn import _im2col
+    calls = count_calls(monkeypatch, _jit_conv, "add_taps")
+    n, h, w, c = shape
+    ho = (h + pads[0] + pads[1] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    wo = (w + pads[2] + pads[3] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    rng = np.random.default_rng(32)
+    for dtype in (np.float32, np.float64):
+        cols = rng.standard_normal((1, n, ho, wo, *kernel, c)).astype(dtype)
+        try:
+            _jit.set_enabled(True)
+            got = _im2col.col2im(cols, (h, w), stride, dilation, pads, out=np.full(shape, np.nan, dtype))
+            assert calls["add_taps"] >= 1
+            _jit.set_enabled(False)
+            before = calls["add_taps"]
+            ref = _im2col.col2im(cols, (h, w), stride, dilation, pads)
+            assert calls["add_taps"] == before                          # NumPy's adds ran
+        finally:
+            _jit.set_enabled(None)
+        np.testing.assert_array_equal(got, ref)
+        if dtype == np.float64:
+            # The adjoint of im2col: <im2col(x), cols> == <x, col2im(cols)>.
+            x = rng.standard_normal(shape)
+            lhs = np.sum(_im2col.im2col(x, kernel, stride, dilation, pads, (ho, wo)) * cols)
+            np.testing.assert_allclose(lhs, np.sum(x * got), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs,shape", [
+    (dict(in_channels=10, out_channels=20, kernel_size=5), (4, 10, 12, 12)),     # LeNet's second layer
+    (dict(in_channels=3, out_channels=16, kernel_size=3, stride=2, padding=1), (2, 3, 9, 8)),
+])
+def test_few_channel_input_gradient_takes_the_compiled_col2im(kwargs, shape, monkeypatch):
+    # With Numba on, an input gradient of <= COMPILED_COL2IM_MAX_C channels that goes
+    # through col2im is one GEMM and the compiled sweep; the same values as the tap-major
+    # NumPy path (Numba off), within the float32 rounding of the C_out * taps products.
+    from float32_tolerance import assert_float32_close
+    calls = count_calls(monkeypatch, _jit_conv, "add_taps")
+    rng = np.random.default_rng(33)
+    cnnkit.manual_seed(0)
+    layer = Conv2d(**kwargs)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = layer.weight.data
+    out, cache = F.conv2d_forward(x, w, None, layer.stride, layer.padding, layer.dilation, 1)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    try:
+        _jit.set_enabled(True)
+        gx = F.conv2d_backward(g, cache, w)[0].copy()
+        assert calls.get("add_taps", 0) >= 1
+        _jit.set_enabled(False)
+        gx_numpy = F.conv2d_backward(g, cache, w)[0].copy()
+    finally:
+        _jit.set_enabled(None)
+    assert_float32_close(gx, gx_numpy, w.shape[0] * w.shape[2] * w.shape[3])

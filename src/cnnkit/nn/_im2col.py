@@ -276,9 +276,12 @@ def col2im(cols: np.ndarray, in_hw: tuple[int, int], stride: tuple[int, int], di
     g, n, ho, wo, kh, kw, cg = cols.shape
     h, w = in_hw
     if out is None:
-        out = np.zeros((n, h, w, g * cg), dtype=cols.dtype)
-    else:
-        out[...] = 0
+        out = np.empty((n, h, w, g * cg), dtype=cols.dtype)
+    if g == 1 and _jit.enabled() and out.flags.c_contiguous and cols.flags.c_contiguous:
+        # One compiled sweep per image, the same adds in the same order (``_jit_conv``).
+        _jit_conv.add_taps(cols[0], out, pads[0], pads[2], stride[0], stride[1], dilation[0], dilation[1])
+        return out
+    out[...] = 0
     og = out.reshape(n, h, w, g, cg).transpose(3, 0, 1, 2, 4)
     for i, j, (ho_s, wo_s), (hi_s, wi_s) in tap_pairs(in_hw, (ho, wo), (kh, kw), stride, dilation, pads):
         og[:, :, hi_s, wi_s] += cols[:, :, ho_s, wo_s, i, j, :]

@@ -13,8 +13,13 @@ and ``_conv_kernels``.
   that is one fill and kw strided adds whose inner loops run over C values only (10 in
   LeNet's second layer); here it is one sweep per image row. Same adds in the same order
   (tap j ascending, starting from 0).
+- ``add_taps``: col2im, the adjoint of ``columns``: every column entry added back onto the
+  input pixel it was copied from. NumPy adds one strided block per tap, each a pass over
+  the whole gradient with inner loops of C values (10 in LeNet's second layer); here one
+  sweep per image and tap, the image's gradient in cache. Same adds in the same order (taps
+  row-major, starting from 0).
 
-All three give the NumPy path's bits. See ``_jit`` for when they run.
+All four give the NumPy path's bits. See ``_jit`` for when they run.
 """
 
 from __future__ import annotations
@@ -108,3 +113,32 @@ def columns(x, cols, pad_top, pad_left, stride_h, stride_w, dilation_h, dilation
                         else:
                             for k in range(c):
                                 cols[b, yo, xo, i, j, k] = zero
+
+
+@kernel
+def add_taps(cols, grad_in, pad_top, pad_left, stride_h, stride_w, dilation_h, dilation_w):
+    """grad_in[b, y, x, :] = the sum of cols[b, yo, xo, i, j, :] over the output pixels and
+    taps that read input pixel (y, x): yo*stride_h + i*dilation_h - pad_top == y, likewise
+    along x; taps in ascending (i, j) order, starting from 0 (``_im2col.col2im``'s order).
+
+    Shape: cols (N, Ho, Wo, kh, kw, C), grad_in (N, H, W, C), both C-contiguous."""
+    n, ho, wo, kh, kw, c = cols.shape
+    h, w = grad_in.shape[1], grad_in.shape[2]
+    zero = grad_in.dtype.type(0)
+    for b in range(n):
+        dst = grad_in[b]
+        for y in range(h):
+            for x in range(w):
+                for k in range(c):
+                    dst[y, x, k] = zero
+        for i in range(kh):
+            for j in range(kw):
+                for yo in range(ho):
+                    y = yo * stride_h + i * dilation_h - pad_top
+                    if y < 0 or y >= h:
+                        continue
+                    for xo in range(wo):
+                        x = xo * stride_w + j * dilation_w - pad_left
+                        if 0 <= x < w:
+                            for k in range(c):
+                                dst[y, x, k] += cols[b, yo, xo, i, j, k]
