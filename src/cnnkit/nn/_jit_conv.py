@@ -24,8 +24,6 @@ All four give the NumPy path's bits. See ``_jit`` for when they run.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ._jit import kernel
 
 
