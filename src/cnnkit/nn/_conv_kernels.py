@@ -39,7 +39,8 @@ CHUNK_BYTES = 8 << 20
 SMALL_C = 4
 #: Weight-gradient column chunks grow with the kernel (see gemm_conv_param_grads) up to this.
 WGRAD_MAX_CHUNK_BYTES = 16 << 20
-#: col2im input gradients with at most this many input channels use tap-major columns.
+#: col2im input gradients with at most this many input channels use tap-major columns
+#: (when the compiled col2im below does not run: Numba off).
 TAP_MAJOR_MAX_C = 32
 #: col2im input gradients with at most this many input channels use one GEMM to the columns
 #: and the compiled col2im when Numba runs (see ``gemm_conv_input_grad``).
