@@ -118,8 +118,7 @@ def conv2d_relu_max_pool2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray |
     conv_shape = (n, o) + geometry["out_hw"]
     pool_geo = pool_geometry(conv_shape, pool_kernel, pool_stride, pool_padding, ceil_mode, "max_pool2d")
     if not keep_cache:
-        x, xt, geometry, conv_shape, pool_geo = _crop_to_pool(x, weight, geometry, conv_shape, pool_geo,
-                                                              "max_pool2d")
+        x, xt, geometry, conv_shape, pool_geo = _crop_to_pool(x, xt, geometry, conv_shape, pool_geo, "max_pool2d")
     # The ReLU, and without an index the bias too, go after the pool (a quarter of the
     # values for 2x2): max and ReLU commute, and so do max and adding a per-channel constant
     # (rounded addition is monotonic). With an index the bias stays before the max, so that
@@ -149,13 +148,13 @@ def conv2d_relu_avg_pool2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray |
     x, xt, geometry, bias = _conv_setup(x, weight, bias, stride, padding, dilation, groups, False)
     conv_shape = (x.shape[0], weight.shape[0]) + geometry["out_hw"]
     pool_geo = pool_geometry(conv_shape, pool_kernel, pool_stride, pool_padding, ceil_mode, "avg_pool2d")
-    x, xt, geometry, conv_shape, pool_geo = _crop_to_pool(x, weight, geometry, conv_shape, pool_geo, "avg_pool2d")
+    x, xt, geometry, conv_shape, pool_geo = _crop_to_pool(x, xt, geometry, conv_shape, pool_geo, "avg_pool2d")
     kernel = conv_forward_kernel(xt.shape[3], weight, groups, geometry, bias, relu=True, xt=xt)
     inv = avg_pool_divisor(pool_geo, count_include_pad, weight.dtype)
     return _nchw(conv_relu_avg_pool(xt, kernel, conv_shape, pool_geo, inv, weight.dtype))
 
 
-def _crop_to_pool(x, weight, geometry, conv_shape, pool_geo, name):
+def _crop_to_pool(x, xt, geometry, conv_shape, pool_geo, name):
     """The convolution cut down to the output rows and columns a pool reads.
 
     Why: a floor-mode pool drops the last row / column of an odd-sized input (seed-000's
@@ -172,15 +171,16 @@ def _crop_to_pool(x, weight, geometry, conv_shape, pool_geo, name):
     """
     (kp_h, kp_w), (sp_h, sp_w) = pool_geo["kernel"], pool_geo["stride"]
     hp, wp = pool_geo["out_hw"]
+    unchanged = x, xt, geometry, conv_shape, pool_geo
     if any(pool_geo["padding"]):
-        return x, _nhwc(x), geometry, conv_shape, pool_geo
+        return unchanged
     n, o, ho, wo = conv_shape
     hu, wu = min(ho, (hp - 1) * sp_h + kp_h), min(wo, (wp - 1) * sp_w + kp_w)
     if (hu, wu) == (ho, wo):
-        return x, _nhwc(x), geometry, conv_shape, pool_geo
+        return unchanged
     cropped = pool_geometry((n, o, hu, wu), pool_geo["kernel"], pool_geo["stride"], (0, 0), False, name)
     if cropped["out_hw"] != pool_geo["out_hw"]:       # (ceil mode: the last window is partial)
-        return x, _nhwc(x), geometry, conv_shape, pool_geo
+        return unchanged
     (kh, kw), (sh, sw), (dh, dw) = geometry["kernel"], geometry["stride"], geometry["dilation"]
     t, _, l, _ = geometry["pads"]
     h, w = x.shape[2:]
