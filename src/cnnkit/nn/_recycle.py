@@ -34,7 +34,7 @@ import threading
 
 import numpy as np
 
-from ._buffers import workspace
+from ._buffers import aligned_bytes, workspace
 
 #: Smaller arrays come from ``np.empty`` (the C library keeps and reuses small blocks itself).
 MIN_BYTES = 256 << 10
@@ -68,6 +68,11 @@ def _num_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
     return size
 
 
+def _hand_out(entry: list, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    raw, _, offset = entry
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
 class Recycler:
     """A pool of byte buffers keyed by size, handed out as fresh arrays.
 
@@ -87,7 +92,7 @@ class Recycler:
         self.max_idle_bytes = max_idle_bytes
         self.enabled = _refcounts_are_reliable()
         self._lock = threading.Lock()
-        self._held: dict[int, list[list]] = {}   # nbytes -> [[uint8 buffer, last request], ...]
+        self._held: dict[int, list[list]] = {}   # nbytes -> [[uint8 buffer, last request, offset], ...]
         self._clock = 0
         self._next_sweep = 0
 
@@ -105,11 +110,14 @@ class Recycler:
             for entry in self._held.get(nbytes, ()):
                 if _ref_count(entry) == _IDLE_REFS:
                     entry[1] = self._clock
-                    return entry[0].view(dtype).reshape(shape)
+                    return _hand_out(entry, nbytes, dtype, shape)
             self._release_idle(keep_clock=self._clock - self.stale_calls)
-            buf = np.empty(nbytes, np.uint8)
-            self._held.setdefault(nbytes, []).append([buf, self._clock])
-            return buf.view(dtype).reshape(shape)
+            # The raw buffer is what the entry holds and counts: every array handed out
+            # refers to it (NumPy's views keep the buffer that owns the memory as .base).
+            raw, offset = aligned_bytes(nbytes)
+            entry = [raw, self._clock, offset]
+            self._held.setdefault(nbytes, []).append(entry)
+            return _hand_out(entry, nbytes, dtype, shape)
 
     def zeros(self, shape, dtype=np.float32) -> np.ndarray:
         """Like ``np.zeros``; a recycled buffer is cleared with one fill."""
@@ -135,12 +143,12 @@ class Recycler:
     def idle_bytes(self) -> int:
         """Bytes held by buffers nobody is using."""
         with self._lock:
-            return sum(e[0].nbytes for es in self._held.values() for e in es if _ref_count(e) == _IDLE_REFS)
+            return sum(nbytes for nbytes, es in self._held.items() for e in es if _ref_count(e) == _IDLE_REFS)
 
     def held_bytes(self) -> int:
         """Bytes held in total (in use or idle)."""
         with self._lock:
-            return sum(e[0].nbytes for es in self._held.values() for e in es)
+            return sum(nbytes * len(es) for nbytes, es in self._held.items())
 
     def clear(self) -> None:
         """Release every idle buffer (buffers in use are forgotten when they are dropped)."""
@@ -152,13 +160,13 @@ class Recycler:
         # asked for at or after keep_clock (none for None), newest first, as long as they
         # fit in max_idle_bytes; releases the other idle ones. Buffers in use stay.
         self._next_sweep = self._clock + max(1, self.stale_calls // 4)
-        idle = [e for es in self._held.values() for e in es if _ref_count(e) == _IDLE_REFS]
+        idle = [(n, e) for n, es in self._held.items() for e in es if _ref_count(e) == _IDLE_REFS]
         kept_bytes, drop = 0, set()
-        for e in sorted(idle, key=lambda e: -e[1]):
-            if keep_clock is None or e[1] < keep_clock or kept_bytes + e[0].nbytes > self.max_idle_bytes:
+        for n, e in sorted(idle, key=lambda ne: -ne[1][1]):
+            if keep_clock is None or e[1] < keep_clock or kept_bytes + n > self.max_idle_bytes:
                 drop.add(id(e))
             else:
-                kept_bytes += e[0].nbytes
+                kept_bytes += n
         if not drop:
             return
         for nbytes, entries in list(self._held.items()):
