@@ -27,11 +27,11 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ._buffers import batch_chunks, workspace
-from ._epilogue import finish_output, mask_by_positive
+from ._epilogue import finish_output, mask_by_positive, relu_limits
 from ._im2col import col2im, col2im_tap_major, im2col, im2col_rows, tap_pairs, tap_windows
 from ._small_channel_conv import small_c_block, small_c_kernel, small_c_weight_grad
 from ._parallel import parallel_for
-from . import _gemm, _jit, _jit_conv, _recycle, _tap_weight_grad as taps, _winograd as wino
+from . import _gemm, _jit, _jit_conv, _jit_row_taps, _recycle, _tap_weight_grad as taps, _winograd as wino
 
 #: Target size of one chunk's column matrix; at least one sample per chunk.
 CHUNK_BYTES = 8 << 20
@@ -216,6 +216,12 @@ ROW_TAPS = True
 ROW_TAPS_MIN_PIXELS = 128
 
 
+#: Row-tap convolutions of at least this many input channels run as one compiled call per
+#: thread (``_jit_row_taps``) when Numba and MKL run; fewer channels keep the Python steps,
+#: whose NumPy column copy is the faster one there (``_im2col.COMPILED_MIN_CHANNELS``).
+COMPILED_ROW_TAPS_MIN_C = 32
+
+
 def use_row_taps(wshape, groups: int, geo: dict) -> bool:
     """Whether ``_gemm_conv`` may use ``_row_tap_conv`` (when MKL is active at call time)."""
     kh = wshape[2]
@@ -251,7 +257,16 @@ def _row_tap_conv(xt, wk2, wshape, geo, out, start, stop, bias, relu, relu_mask)
     (_, sw), (dh, dw) = geo["stride"], geo["dilation"]
     hp = ho + (kh - 1) * dh                      # padded input rows (vertical stride 1)
     kr = kw * c                                  # K of one kernel row's product
-    for n0, n1 in _chunks(start, stop, hp * wo * kr * xt.itemsize):
+    per_sample = hp * wo * kr * xt.itemsize
+    if c >= COMPILED_ROW_TAPS_MIN_C and _jit_row_taps.usable(xt, out, relu_mask, kh * kr):
+        # The whole share in one compiled call (no GIL hand-overs between the steps).
+        chunk = max(1, CHUNK_BYTES // per_sample)
+        rows = workspace.get("conv_cols", (min(chunk, stop - start), hp, wo, kw, c), xt.dtype)
+        w_t = wk2.T if wk2.T.flags.c_contiguous else np.ascontiguousarray(wk2.T)
+        _jit_row_taps.conv(xt, w_t, kh, dh, geo["pads"], sw, dw, rows, out, start, stop, chunk, bias,
+                           relu_limits(relu), relu_mask)
+        return
+    for n0, n1 in _chunks(start, stop, per_sample):
         nb = n1 - n0
         rows = workspace.get("conv_cols", (nb, hp, wo, kw, c), xt.dtype)
         im2col_rows(xt[n0:n1], kw, sw, dw, geo["pads"], wo, out=rows)

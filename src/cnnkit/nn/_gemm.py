@@ -51,7 +51,7 @@ import numpy as np
 
 from . import _parallel
 
-__all__ = ["matmul", "mkl_active", "backend", "gemm_backend", "set_backend"]
+__all__ = ["matmul", "mkl_active", "backend", "gemm_backend", "set_backend", "sgemm_address"]
 
 _F32 = np.dtype(np.float32)
 _INT_MAX = 2 ** 31 - 1
@@ -345,6 +345,16 @@ def set_backend(name: str | None) -> None:
         raise ValueError(f"set_backend: expected 'mkl', 'numpy' or None, got {name!r}")
     with _lock:
         _choose(name)
+
+
+def sgemm_address() -> int | None:
+    """The address of MKL's ``cblas_sgemm`` (LP64, sequential) when MKL is the backend,
+    else None: for compiled kernels that call it from machine code (``_jit_row_taps``)."""
+    if not _decided:
+        backend()
+    if _sgemm is None or _loaded is None:
+        return None
+    return ctypes.cast(_loaded[0], ctypes.c_void_p).value
 
 
 def mkl_active() -> bool:

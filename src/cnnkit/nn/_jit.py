@@ -110,14 +110,20 @@ class _Kernel:
     def __call__(self, *args):
         compiled = self._compiled
         if compiled is None:
+            compiled = self.dispatcher()
+        return compiled(*args)
+
+    def dispatcher(self):
+        """The Numba dispatcher (compiled on its first call); other compiled kernels call it
+        from their own machine code, without coming back to Python."""
+        if self._compiled is None:
             if not enabled():
                 raise RuntimeError(f"{self.__name__}: compiled kernels are off ({status()[1]}); "
                                    "callers check jit.enabled() first")
             with _lock:
                 if self._compiled is None:
                     self._compiled = _numba.njit(nogil=True, cache=True)(self.py_func)
-                compiled = self._compiled
-        return compiled(*args)
+        return self._compiled
 
 
 def kernel(fn: Callable) -> _Kernel:
