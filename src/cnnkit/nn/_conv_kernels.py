@@ -31,7 +31,7 @@ from ._epilogue import finish_output, mask_by_positive, relu_limits
 from ._im2col import col2im, col2im_tap_major, im2col, im2col_rows, tap_pairs, tap_windows
 from ._small_channel_conv import small_c_block, small_c_kernel, small_c_weight_grad
 from ._parallel import parallel_for
-from . import _gemm, _jit, _jit_conv, _jit_row_taps, _recycle, _tap_weight_grad as taps, _winograd as wino
+from . import _gemm, _im2col, _jit, _jit_blas, _jit_conv, _jit_row_taps, _jit_weight_grad, _recycle, _tap_weight_grad as taps, _winograd as wino
 
 #: Target size of one chunk's column matrix; at least one sample per chunk.
 CHUNK_BYTES = 8 << 20
@@ -258,7 +258,7 @@ def _row_tap_conv(xt, wk2, wshape, geo, out, start, stop, bias, relu, relu_mask)
     hp = ho + (kh - 1) * dh                      # padded input rows (vertical stride 1)
     kr = kw * c                                  # K of one kernel row's product
     per_sample = hp * wo * kr * xt.itemsize
-    if c >= COMPILED_ROW_TAPS_MIN_C and _jit_row_taps.usable(xt, out, relu_mask, kh * kr):
+    if c >= COMPILED_ROW_TAPS_MIN_C and _jit_row_taps.usable(xt, out, relu_mask):
         # The whole share in one compiled call (no GIL hand-overs between the steps).
         chunk = max(1, CHUNK_BYTES // per_sample)
         rows = workspace.get("conv_cols", (min(chunk, stop - start), hp, wo, kw, c), xt.dtype)
@@ -347,12 +347,19 @@ def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: i
     # chunks, up to a cap on the (per-thread) scratch.
     target = min(max(CHUNK_BYTES, 4 * o * k * xt.itemsize), WGRAD_MAX_CHUNK_BYTES)
 
+    compiled = (groups == 1 and cg >= _im2col.COMPILED_MIN_CHANNELS and need_weight_grad
+                and _jit_weight_grad.usable(g, xt))
+
     def run(start, stop):
         gwk = gb = None
         if need_bias_grad:
             gb = column_sums(g[start:stop].reshape(-1, o))
         if not need_weight_grad:
             return gwk, gb
+        if compiled and _jit_blas.available():
+            # The thread's whole share in one compiled call (no GIL hand-overs), same bits.
+            chunk = max(1, target // max(per_sample, 1))
+            return _jit_weight_grad.weight_grad(g, xt, weight_shape, geo, start, stop, chunk)[None], gb
         for n0, n1 in _chunks(start, stop, per_sample, target):
             m = (n1 - n0) * ho * wo
             cols = workspace.get("conv_cols", (groups, n1 - n0, ho, wo, kh, kw, cg), xt.dtype)

@@ -23,22 +23,15 @@ compiled kernels are on; ``_conv_kernels`` asks ``usable`` first.
 
 from __future__ import annotations
 
-import ctypes
 import threading
 
 import numpy as np
 
-from . import _gemm, _jit, _jit_conv, _jit_epilogue
-
-#: CBLAS constants (row-major storage, no transpose, transpose).
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
-# cblas_sgemm with the pointers passed as integers (what Numba's ``arr.ctypes.data`` gives).
-_I, _F, _P = ctypes.c_int, ctypes.c_float, ctypes.c_size_t
-_SGEMM_TYPE = ctypes.CFUNCTYPE(None, _I, _I, _I, _I, _I, _I, _F, _P, _I, _P, _I, _F, _P, _I)
-_INT_MAX = 2 ** 31 - 1
+from . import _jit, _jit_blas, _jit_conv, _jit_epilogue
+from ._jit_blas import NO_TRANS, ROW_MAJOR, TRANS
 
 _lock = threading.Lock()
-_compiled = None         # (MKL address, cblas_sgemm as a Numba-callable ctypes function, the kernel)
+_compiled = None         # the compiled ``_part``
 
 
 def _part(x, rows, w_t, out, bias, add_bias, clip_low, capped, cap, mask, use_mask,
@@ -65,7 +58,7 @@ def _part(x, rows, w_t, out, bias, add_bias, clip_low, capped, cap, mask, use_ma
                 a = rows_ptr + (b * image_rows + i * dh * wo * kr) * 4
                 beta = np.float32(1.0) if i > 0 else np.float32(0.0)
                 # out_b (Ho*Wo, O) (+)= rows_b,i (Ho*Wo, kr) @ W_i (kr, O), W_i read transposed.
-                sgemm(_ROW_MAJOR, _NO_TRANS, _TRANS, ho * wo, o, kr, np.float32(1.0), a, kr,
+                sgemm(ROW_MAJOR, NO_TRANS, TRANS, ho * wo, o, kr, np.float32(1.0), a, kr,
                       w_ptr + i * kr * 4, k_total, beta, dst, o)
         block = out[c0:c1].reshape(nb * ho * wo, o)
         if add_bias or clip_low:
@@ -77,31 +70,25 @@ def _part(x, rows, w_t, out, bias, add_bias, clip_low, capped, cap, mask, use_ma
 def _build():
     """Compile ``_part`` (once per process; Numba's disk cache keeps the machine code)."""
     global _row_columns, _bias_clip, _multiply_by_positive
-    numba = _jit._numba
     _row_columns = _jit_conv.row_columns.dispatcher()
     _bias_clip = _jit_epilogue.bias_clip.dispatcher()
     _multiply_by_positive = _jit_epilogue.multiply_by_positive.dispatcher()
-    return numba.njit(nogil=True, cache=True)(_part)
+    return _jit._numba.njit(nogil=True, cache=True)(_part)
 
 
 def _kernel():
-    """(cblas_sgemm for Numba, the compiled ``_part``), built for the MKL loaded now."""
     global _compiled
-    address = _gemm.sgemm_address()
-    if _compiled is None or _compiled[0] != address:
+    if _compiled is None:
         with _lock:
-            if _compiled is None or _compiled[0] != address:
-                kernel = _compiled[2] if _compiled is not None else _build()
-                _compiled = (address, _SGEMM_TYPE(address), kernel)
-    return _compiled[1], _compiled[2]
+            if _compiled is None:
+                _compiled = _build()
+    return _compiled
 
 
-def usable(xt: np.ndarray, out: np.ndarray, relu_mask: np.ndarray | None, k_total: int) -> bool:
-    """Whether ``conv`` can run this call: compiled kernels on, MKL active here, float32
-    C-contiguous operands, sizes within MKL's 32-bit integers."""
-    return (_jit.enabled() and _gemm.mkl_active() and _gemm.sgemm_address() is not None
-            and xt.dtype == np.float32 and out.dtype == np.float32
-            and out.flags.c_contiguous and out.flags.aligned and out[0].size <= _INT_MAX and k_total <= _INT_MAX
+def usable(xt: np.ndarray, out: np.ndarray, relu_mask: np.ndarray | None) -> bool:
+    """Whether ``conv`` can run this call: MKL callable from compiled code here
+    (``_jit_blas.available``), float32 C-contiguous operands, sizes within 32-bit ints."""
+    return (_jit_blas.available() and _jit_blas.fits(xt, out) and out.flags.c_contiguous
             and (relu_mask is None or (relu_mask.shape == out.shape and relu_mask.dtype == np.float32
                                        and relu_mask.flags.c_contiguous)))
 
@@ -119,7 +106,7 @@ def conv(xt, w_t, kh, dh, pads, stride_w, dilation_w, rows, out, start, stop, ch
         bias: (O,) or None; relu_limits: ``_epilogue.relu_limits`` of the fused ReLU;
         relu_mask: out-shaped array whose non-positive entries zero the output, or None.
     """
-    sgemm, kernel = _kernel()
+    sgemm, kernel = _jit_blas.sgemm(), _kernel()
     clip_low, cap = relu_limits
     o = out.shape[3]
     bias_vec = np.zeros(o, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
