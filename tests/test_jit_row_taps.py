@@ -60,8 +60,9 @@ def _forward_and_input_grad(layer, x, g, relu, mask):
 @pytest.mark.parametrize("kwargs,shape", LAYERS)
 def test_one_compiled_call_equals_the_python_steps_bit_for_bit(kwargs, shape, relu, chunk_bytes,
                                                               mkl_row_taps, monkeypatch):
-    if chunk_bytes:
-        monkeypatch.setattr(_conv_kernels, "CHUNK_BYTES", chunk_bytes)     # one image per chunk
+    if chunk_bytes:                                  # one image per chunk, both paths
+        monkeypatch.setattr(_conv_kernels, "CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(_conv_kernels, "COMPILED_ROW_TAPS_CHUNK_BYTES", chunk_bytes)
     rng = np.random.default_rng(5)
     cnnkit.manual_seed(0)
     layer = Conv2d(**kwargs)

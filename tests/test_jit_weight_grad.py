@@ -51,8 +51,12 @@ def mkl_products(monkeypatch):
 @pytest.mark.parametrize("kwargs,shape", LAYERS)
 def test_one_compiled_call_equals_the_python_steps_bit_for_bit(kwargs, shape, chunk_bytes, threads,
                                                               mkl_products, monkeypatch):
-    if chunk_bytes:
-        monkeypatch.setattr(_conv_kernels, "CHUNK_BYTES", chunk_bytes)     # one image per chunk
+    # Both paths cut the batch alike (the chunks decide the order of the sums): all images
+    # in one chunk, or one image per chunk.
+    chunk_bytes = chunk_bytes or 1 << 30
+    monkeypatch.setattr(_conv_kernels, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(_conv_kernels, "COMPILED_WGRAD_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(_conv_kernels, "WGRAD_MAX_CHUNK_BYTES", 1 << 30)
     if threads > 1:
         monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
     cnnkit.set_num_threads(threads)
