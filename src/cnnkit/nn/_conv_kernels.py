@@ -45,6 +45,10 @@ TAP_MAJOR_MAX_C = 32
 #: col2im input gradients with at most this many input channels use one GEMM to the columns
 #: and the compiled col2im when Numba runs (see ``gemm_conv_input_grad``).
 COMPILED_COL2IM_MAX_C = 32
+#: ... in chunks of columns of about this many bytes: the sweep goes image by image, so
+#: bigger chunks only hold more scratch per thread (LeNet at batch 256 kept 2 x 8 MB of
+#: columns for its 10-channel input gradient; at batch 64 a thread's share is one chunk either way).
+COMPILED_COL2IM_CHUNK_BYTES = 2 << 20
 #: Input gradient by transposed convolution when its columns are at most this many
 #: times col2im's (H*W*O vs Ho*Wo*C); col2im's strided adds cost more than a copy.
 GX_TRANSPOSED_FACTOR = 4
@@ -473,8 +477,10 @@ def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: di
         return gx
     wk = weight_matrix(weight, groups).transpose(0, 2, 1)                # (G, Og, K)
 
+    target = COMPILED_COL2IM_CHUNK_BYTES if compiled_col2im else None
+
     def run(start, stop):
-        for n0, n1 in _chunks(start, stop, per_sample):
+        for n0, n1 in _chunks(start, stop, per_sample, target):
             m = (n1 - n0) * ho * wo
             gcols = workspace.get("conv_cols", (groups, n1 - n0, ho, wo, kh, kw, cg), g.dtype)
             g3 = g[n0:n1].reshape(m, groups, og).transpose(1, 0, 2)           # (G, M, Og) view
