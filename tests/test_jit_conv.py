@@ -223,15 +223,20 @@ def test_compiled_col2im_equals_numpy_bits_and_is_the_adjoint(shape, kernel, str
             np.testing.assert_allclose(lhs, np.sum(x * got), rtol=1e-12)
 
 
+@pytest.mark.parametrize("one_image_chunks", [False, True])
 @pytest.mark.parametrize("kwargs,shape", [
     (dict(in_channels=10, out_channels=20, kernel_size=5), (4, 10, 12, 12)),     # LeNet's second layer
     (dict(in_channels=3, out_channels=16, kernel_size=3, stride=2, padding=1), (2, 3, 9, 8)),
 ])
-def test_few_channel_input_gradient_takes_the_compiled_col2im(kwargs, shape, monkeypatch):
+def test_few_channel_input_gradient_takes_the_compiled_col2im(kwargs, shape, one_image_chunks, monkeypatch):
     # With Numba on, an input gradient of <= COMPILED_COL2IM_MAX_C channels that goes
-    # through col2im is one GEMM and the compiled sweep; the same values as the tap-major
-    # NumPy path (Numba off), within the float32 rounding of the C_out * taps products.
+    # through col2im is one GEMM and the compiled sweep per chunk of images; the same
+    # values as the tap-major NumPy path (Numba off), within the float32 rounding of the
+    # C_out * taps products.
     from float32_tolerance import assert_float32_close
+    from cnnkit.nn import _conv_kernels
+    if one_image_chunks:
+        monkeypatch.setattr(_conv_kernels, "COMPILED_COL2IM_CHUNK_BYTES", 1)
     calls = count_calls(monkeypatch, _jit_conv, "add_taps")
     rng = np.random.default_rng(33)
     cnnkit.manual_seed(0)
@@ -243,7 +248,7 @@ def test_few_channel_input_gradient_takes_the_compiled_col2im(kwargs, shape, mon
     try:
         _jit.set_enabled(True)
         gx = F.conv2d_backward(g, cache, w)[0].copy()
-        assert calls.get("add_taps", 0) >= 1
+        assert calls.get("add_taps", 0) >= (shape[0] if one_image_chunks else 1)
         _jit.set_enabled(False)
         gx_numpy = F.conv2d_backward(g, cache, w)[0].copy()
     finally:
