@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import cnnkit
-from cnnkit.nn import Conv2d, _conv_kernels, _gemm, _jit, _jit_row_taps, _parallel
+from cnnkit.nn import Conv2d, _conv_kernels, _gemm, _jit, _jit_row_taps
 from cnnkit.nn import _kernels as F
 
 from float32_tolerance import assert_float32_close
-from spy_helpers import count_calls
+from spy_helpers import count_calls, route_products_to_mkl
 from test_conv import ROW_TAP_LAYERS
 
 pytest.importorskip("numba")
@@ -26,22 +26,11 @@ LAYERS = ROW_TAP_LAYERS + [
 
 @pytest.fixture
 def mkl_row_taps(monkeypatch):
-    """MKL as the backend and the GEMMs routed to it as inside the thread pool, row taps for
-    every layer; skips where MKL cannot load (it is a dependency on x86-64 only)."""
-    try:
-        _gemm.set_backend("mkl")
-    except RuntimeError as e:
-        _gemm.set_backend(None)
-        pytest.skip(f"mkl not installed ({e})")
-    monkeypatch.setattr(_gemm, "MIN_MACS", 0)
-    monkeypatch.setattr(_parallel, "blas_single_threaded", lambda: True)
+    """Products on MKL as inside the thread pool, row taps for every layer, input gradients
+    as convolutions; skips where MKL cannot load."""
+    route_products_to_mkl(monkeypatch)
     monkeypatch.setattr(_conv_kernels, "ROW_TAPS_MIN_PIXELS", 1)
-    monkeypatch.setattr(_conv_kernels, "SMALL_C", 0)
-    from cnnkit.nn import _small_channel_conv
-    monkeypatch.setattr(_small_channel_conv, "BLOCK_N", 0)          # no row blocks for few outputs
-    monkeypatch.setattr(_conv_kernels, "GX_TRANSPOSED_FACTOR", 10 ** 6)   # input grads as convolutions
-    yield
-    _gemm.set_backend(None)
+    monkeypatch.setattr(_conv_kernels, "GX_TRANSPOSED_FACTOR", 10 ** 6)
 
 
 def _forward_and_input_grad(layer, x, g, relu, mask):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import cnnkit
-from cnnkit.nn import Conv2d, _conv_kernels, _gemm, _im2col, _jit_weight_grad, _parallel
+from cnnkit.nn import Conv2d, _conv_kernels, _im2col, _jit_weight_grad, _parallel
 from cnnkit.nn import _kernels as F
 
 from float32_tolerance import assert_float32_close
-from spy_helpers import count_calls
+from spy_helpers import count_calls, route_products_to_mkl
 
 pytest.importorskip("numba")
 
@@ -27,23 +27,12 @@ LAYERS = [
 
 @pytest.fixture
 def mkl_products(monkeypatch):
-    """MKL as the backend and the GEMMs routed to it as inside the thread pool; the
-    compiled im2col for every channel count (both paths copy with it). Skips where MKL
-    cannot load (a dependency on x86-64 only)."""
-    try:
-        _gemm.set_backend("mkl")
-    except RuntimeError as e:
-        _gemm.set_backend(None)
-        pytest.skip(f"mkl not installed ({e})")
-    monkeypatch.setattr(_gemm, "MIN_MACS", 0)
-    monkeypatch.setattr(_parallel, "blas_single_threaded", lambda: True)
+    """Products on MKL as inside the thread pool, the compiled im2col for every channel
+    count (both paths copy with it), no Winograd; skips where MKL cannot load."""
+    route_products_to_mkl(monkeypatch)
     monkeypatch.setattr(_im2col, "COMPILED_MIN_CHANNELS", 1)
-    monkeypatch.setattr(_conv_kernels, "SMALL_C", 0)
-    from cnnkit.nn import _small_channel_conv, _winograd
-    monkeypatch.setattr(_small_channel_conv, "BLOCK_N", 0)
+    from cnnkit.nn import _winograd
     monkeypatch.setattr(_winograd, "MIN_CHANNEL_PRODUCT", 10 ** 9)
-    yield
-    _gemm.set_backend(None)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
