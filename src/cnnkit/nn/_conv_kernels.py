@@ -31,7 +31,8 @@ from ._epilogue import finish_output, mask_by_positive, relu_limits
 from ._im2col import col2im, col2im_tap_major, im2col, im2col_rows, tap_pairs, tap_windows
 from ._small_channel_conv import small_c_block, small_c_kernel, small_c_weight_grad
 from ._parallel import parallel_for
-from . import _gemm, _im2col, _jit, _jit_blas, _jit_conv, _jit_row_taps, _jit_weight_grad, _recycle, _tap_weight_grad as taps, _winograd as wino
+from . import _gemm, _im2col, _jit, _jit_blas, _jit_conv, _jit_row_taps, _jit_weight_grad, _recycle
+from . import _tap_weight_grad as taps, _winograd as wino
 
 #: Target size of one chunk's column matrix; at least one sample per chunk.
 CHUNK_BYTES = 8 << 20
@@ -230,8 +231,6 @@ COMPILED_ROW_TAPS_MIN_C = 32
 #: shared cache and memory at once the big chunks lost: 4-conv inference, batch 64, 2
 #: threads, 8 MB 12.7-13.0 ms, 2 MB 12.4 ms, 0.25-1 MB 11.9-12.0 ms.
 COMPILED_ROW_TAPS_CHUNK_BYTES = 1 << 20
-
-
 #: Column bytes per chunk of the compiled weight gradient (``_jit_weight_grad``; the
 #: Python path's ``CHUNK_BYTES``), for the same reason as ``COMPILED_ROW_TAPS_CHUNK_BYTES``:
 #: 4-conv training, batch 64, 2 threads, 8 MB 41.2 ms, 2 MB 39.3 ms, 0.5-1 MB 37.8 ms.
@@ -374,7 +373,8 @@ def gemm_conv_param_grads(g: np.ndarray, xt: np.ndarray, weight_shape, groups: i
         if not need_weight_grad:
             return gwk, gb
         if compiled and _jit_blas.available():
-            # The thread's whole share in one compiled call (no GIL hand-overs), same bits.
+            # The thread's whole share in one compiled call (no GIL hand-overs); the same
+            # arithmetic as the loop below (the same bits for the same chunks).
             chunk = max(1, compiled_target // max(per_sample, 1))
             return _jit_weight_grad.weight_grad(g, xt, weight_shape, geo, start, stop, chunk)[None], gb
         for n0, n1 in _chunks(start, stop, per_sample, target):

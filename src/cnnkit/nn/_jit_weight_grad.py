@@ -8,8 +8,10 @@ to Python that takes the GIL back; a thread that finds it taken by the other sle
 VMs whose idle vCPUs halt at once waking it costs 40-90 us (see ``_jit_blas``). Here the
 same steps run in one Numba function without the GIL: the compiled im2col
 (``_jit_conv.columns``), MKL's ``cblas_sgemm`` with the operands the Python path gives it,
-and the same float32 adds of each chunk's product into the partial gradient. The result is
-the Python path's, bit for bit (the tests compare).
+and the same float32 adds of each chunk's product into the partial gradient. Cut into the
+same chunks, the result is the Python path's bit for bit (the tests compare); it works in
+smaller chunks (``_conv_kernels.COMPILED_WGRAD_CHUNK_BYTES``), which change the order of
+the sum over the batch, not its float32 accuracy.
 
 Used by ``_conv_kernels.gemm_conv_param_grads`` for ungrouped layers when ``usable``.
 """
