@@ -277,7 +277,7 @@ def _row_tap_conv(xt, wk2, wshape, geo, out, start, stop, bias, relu, relu_mask)
         # The whole share in one compiled call (no GIL hand-overs between the steps).
         chunk = max(1, COMPILED_ROW_TAPS_CHUNK_BYTES // per_sample)
         rows = workspace.get("conv_cols", (min(chunk, stop - start), hp, wo, kw, c), xt.dtype)
-        w_t = wk2.T if wk2.T.flags.c_contiguous else np.ascontiguousarray(wk2.T)
+        w_t = np.ascontiguousarray(wk2.T)           # a view when wk2 is weight_matrix's
         _jit_row_taps.conv(xt, w_t, kh, dh, geo["pads"], sw, dw, rows, out, start, stop, chunk, bias,
                            relu_limits(relu), relu_mask)
         return

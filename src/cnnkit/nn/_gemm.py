@@ -349,7 +349,7 @@ def set_backend(name: str | None) -> None:
 
 def sgemm_address() -> int | None:
     """The address of MKL's ``cblas_sgemm`` (LP64, sequential) when MKL is the backend,
-    else None: for compiled kernels that call it from machine code (``_jit_row_taps``)."""
+    else None: for compiled kernels that call it from machine code (``_jit_blas``)."""
     if not _decided:
         backend()
     if _sgemm is None or _loaded is None:

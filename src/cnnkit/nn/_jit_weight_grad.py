@@ -13,7 +13,8 @@ same chunks, the result is the Python path's bit for bit (the tests compare); it
 smaller chunks (``_conv_kernels.COMPILED_WGRAD_CHUNK_BYTES``), which change the order of
 the sum over the batch, not its float32 accuracy.
 
-Used by ``_conv_kernels.gemm_conv_param_grads`` for ungrouped layers when ``usable``.
+Used by ``_conv_kernels.gemm_conv_param_grads`` for ungrouped layers when ``usable`` and
+``_jit_blas.available``.
 """
 
 from __future__ import annotations
@@ -68,9 +69,10 @@ def _kernel():
 
 
 def usable(g: np.ndarray, xt: np.ndarray) -> bool:
-    """Whether ``weight_grad`` can run: MKL callable from compiled code here, float32, a
-    C-contiguous upstream gradient, sizes within 32-bit ints."""
-    return _jit_blas.available() and _jit_blas.fits(g, xt) and g.flags.c_contiguous
+    """Whether ``weight_grad`` can take these operands: float32, a C-contiguous upstream
+    gradient, sizes within 32-bit ints. Whether MKL can be called here is asked inside the
+    parallel region, where the call runs (``_jit_blas.available``)."""
+    return _jit_blas.fits(g, xt) and g.flags.c_contiguous
 
 
 def weight_grad(g, xt, weight_shape, geo: dict, start: int, stop: int, chunk: int) -> np.ndarray:
