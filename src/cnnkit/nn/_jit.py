@@ -120,6 +120,8 @@ class _Kernel:
             if not enabled():
                 raise RuntimeError(f"{self.__name__}: compiled kernels are off ({status()[1]}); "
                                    "callers check jit.enabled() first")
+            from . import _jit_memcpy
+            _jit_memcpy.register()       # before the lock: it takes its own
             with _lock:
                 if self._compiled is None:
                     self._compiled = _numba.njit(nogil=True, cache=True)(self.py_func)

@@ -204,20 +204,27 @@ def parallel_sum(n: int, part: Callable[[int, int], np.ndarray], bytes_per_sampl
     chunks shared out to the threads: each thread adds its own chunks, then the threads'
     sums are added (weight gradients reduce over the batch this way)."""
     def run(start, stop):
-        acc = None
-        for n0, n1 in batch_chunks(start, stop, bytes_per_sample, chunk_bytes):
-            p = part(n0, n1)
-            if acc is None:
-                acc = p
-            else:
-                acc += p
-        return acc
+        return sum_chunks(start, stop, part, bytes_per_sample, chunk_bytes)
 
     parts = parallel_for(n, run, n * bytes_per_sample)
     total = parts[0]
     for p in parts[1:]:
         total += p
     return total
+
+
+def sum_chunks(start: int, stop: int, part: Callable[[int, int], np.ndarray], bytes_per_sample: int,
+               chunk_bytes: int) -> np.ndarray:
+    """One thread's share of ``parallel_sum``: ``part(n0, n1)`` over the batch chunks of
+    [start, stop), added in order into the first one's array."""
+    acc = None
+    for n0, n1 in batch_chunks(start, stop, bytes_per_sample, chunk_bytes):
+        p = part(n0, n1)
+        if acc is None:
+            acc = p
+        else:
+            acc += p
+    return acc
 
 
 def parallel_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -25,15 +25,18 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import _gemm, _recycle
+from . import _gemm, _jit_block_conv, _recycle
 from ._buffers import batch_chunks, workspace
-from ._epilogue import finish_output
+from ._epilogue import finish_output, relu_limits
 from ._im2col import im2col_channels_first, nchw, pad_nhwc
-from ._parallel import parallel_for, parallel_sum
+from ._parallel import parallel_for, parallel_sum, sum_chunks
 
 
 #: Target size of one chunk's column matrix.
 CHUNK_BYTES = 8 << 20
+#: ... in the compiled one-call path (``_jit_block_conv``), where a chunk costs no return to
+#: Python and smaller columns stay in cache.
+COMPILED_CHUNK_BYTES = 1 << 20
 #: Row blocks have P <= MAX_BLOCK output pixels (the extra multiply-adds grow with P: J / kw) ...
 MAX_BLOCK = 8
 #: ... and the GEMM's N = P * O is at most this for inputs with many channels (the
@@ -117,13 +120,17 @@ def block_columns(x: np.ndarray, geo: dict, p: int, j: int, channels_first: bool
     n, c = x.shape[0], x.shape[3]
     (kh, _), (sh, sw), (dh, _) = geo["kernel"], geo["stride"], geo["dilation"]
     ho, wo = geo["out_hw"]
+    rows, k = n * ho * (wo // p), c * kh * j
+    if _jit_block_conv.copy_usable(x, geo["pads"], channels_first):
+        cols = workspace.get("conv_cols", (rows, k + ones), x.dtype)
+        _jit_block_conv.columns(x, cols, geo, p, j, ones)
+        return cols
     xp = pad_nhwc(x, geo["pads"], "small_c_pad", channels_first)
     s0, s1, s2, s3 = xp.strides
     if channels_first:
         shape, strides = (n, ho, wo // p, c, kh, j), (s0, s1 * sh, s2 * sw * p, s3, s1 * dh, s2)
     else:
         shape, strides = (n, ho, wo // p, kh, j, c), (s0, s1 * sh, s2 * sw * p, s1 * dh, s2, s3)
-    rows, k = n * ho * (wo // p), c * kh * j
     cols = workspace.get("conv_cols", (rows, k + ones), x.dtype)
     np.copyto(cols[:, :k].reshape(shape), as_strided(xp, shape, strides, writeable=False))
     if ones:
@@ -161,6 +168,12 @@ def small_c_kernel(weight, geo, bias=None, block: int = 1, relu: bool = False, x
         per_sample = ho * (wo // p) * wb.shape[0] * xt.itemsize
 
         def run(start, stop):
+            if _jit_block_conv.usable(xt, geo["pads"], cf):
+                chunk = max(1, COMPILED_CHUNK_BYTES // per_sample)
+                cols = workspace.get("conv_cols", (min(chunk, stop - start) * ho * (wo // p), wb.shape[0]), xt.dtype)
+                _jit_block_conv.conv(xt, cols, wb, out.reshape(-1, p * o), brow, relu_limits(relu), geo, p, j,
+                                     start, stop, chunk)
+                return
             for n0, n1 in batch_chunks(start, stop, per_sample, CHUNK_BYTES):
                 cols = block_columns(xt[n0:n1], geo, p, j, cf)
                 dst = out[n0:n1].reshape(cols.shape[0], p * o)
@@ -195,10 +208,37 @@ def small_c_weight_grad(g, xt, weight_shape, geo, block: int = 1, bias_grad: boo
         cols = block_columns(xt[n0:n1], geo, p, j, cf, ones=bias_grad)
         return _gemm.matmul(cols.T, g[n0:n1].reshape(cols.shape[0], p * o))  # (K' (+1), P*O)
 
-    acc = parallel_sum(n, part, per_sample, CHUNK_BYTES)
+    if _jit_block_conv.usable(xt, geo["pads"], cf) and g.flags.c_contiguous:
+        acc = _compiled_weight_grad(g.reshape(-1, p * o), xt, geo, p, j, bias_grad, per_sample, part)
+    else:
+        acc = parallel_sum(n, part, per_sample, CHUNK_BYTES)
     k = acc.shape[0] - bias_grad
     gw = _fold_block_grad(acc[:k], weight_shape, p, j, cf, geo)
     return (gw, acc[k].reshape(p, o).sum(axis=0)) if bias_grad else gw
+
+
+def _compiled_weight_grad(g2, xt, geo, p: int, j: int, ones: bool, per_sample: int, part) -> np.ndarray:
+    """``parallel_sum`` of the row-block weight gradient with each thread's share in one
+    compiled call (``_jit_block_conv.weight_grad``); a thread where MKL cannot be called
+    from compiled code (``_jit_blas.available`` is asked where the call runs) adds the
+    Python path's chunks (``part``) instead."""
+    n = xt.shape[0]
+    ho, wo = geo["out_hw"]
+    kc = geo["kernel"][0] * j * xt.shape[3] + ones
+    chunk = max(1, COMPILED_CHUNK_BYTES // per_sample)
+
+    def run(start, stop):
+        if not _jit_block_conv.usable(xt, geo["pads"], False):
+            return sum_chunks(start, stop, part, per_sample, CHUNK_BYTES)
+        cols = workspace.get("conv_cols", (min(chunk, stop - start) * ho * (wo // p), kc), xt.dtype)
+        product = workspace.get("wgrad_product", (kc, g2.shape[1]), xt.dtype)
+        return _jit_block_conv.weight_grad(xt, g2, cols, geo, p, j, ones, start, stop, chunk, product)
+
+    parts = parallel_for(n, run, n * per_sample)
+    total = parts[0]
+    for q in parts[1:]:
+        total += q
+    return total
 
 
 # ------------------------------------------------------------------ channels-first columns
