@@ -31,7 +31,7 @@ from ._epilogue import finish_output, mask_by_positive, relu_limits
 from ._im2col import col2im, col2im_tap_major, im2col, im2col_rows, tap_pairs, tap_windows
 from ._small_channel_conv import small_c_block, small_c_kernel, small_c_weight_grad
 from ._parallel import parallel_for
-from . import _gemm, _im2col, _jit, _jit_blas, _jit_conv, _jit_row_taps, _jit_weight_grad, _recycle
+from . import _gemm, _im2col, _jit, _jit_blas, _jit_conv, _jit_input_grad, _jit_row_taps, _jit_weight_grad, _recycle
 from . import _tap_weight_grad as taps, _winograd as wino
 
 #: Target size of one chunk's column matrix; at least one sample per chunk.
@@ -478,8 +478,15 @@ def gemm_conv_input_grad(g: np.ndarray, weight: np.ndarray, groups: int, geo: di
     wk = weight_matrix(weight, groups).transpose(0, 2, 1)                # (G, Og, K)
 
     target = COMPILED_COL2IM_CHUNK_BYTES if compiled_col2im else None
+    one_call = compiled_col2im and _jit_input_grad.usable(g, gx, relu_mask)
 
     def run(start, stop):
+        if one_call and _jit_blas.available():
+            # The product, col2im and mask of a thread's share in one compiled call.
+            chunk = max(1, target // per_sample)
+            cols = workspace.get("conv_cols", (min(chunk, stop - start), ho, wo, kh, kw, cg), g.dtype)
+            _jit_input_grad.input_grad(g, wk[0], geo, gx, relu_mask, start, stop, chunk, cols)
+            return
         for n0, n1 in _chunks(start, stop, per_sample, target):
             m = (n1 - n0) * ho * wo
             gcols = workspace.get("conv_cols", (groups, n1 - n0, ho, wo, kh, kw, cg), g.dtype)
