@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import cnnkit
-from cnnkit.nn import Conv2d, _conv_kernels, _gemm, _jit, _jit_block_conv, _parallel, _small_channel_conv
+from cnnkit.nn import Conv2d, _conv_kernels, _jit, _jit_block_conv, _parallel, _small_channel_conv
 from cnnkit.nn import _kernels as F
 
 from float32_tolerance import assert_float32_close
-from spy_helpers import count_calls
+from spy_helpers import count_calls, use_mkl_products
 
 pytest.importorskip("numba")
 
@@ -63,13 +63,7 @@ def test_the_copy_is_not_used_where_it_does_not_apply():
 def mkl_products(monkeypatch):
     """MKL as the GEMM backend, as inside the thread pool, every batch split over the
     threads; skips where MKL cannot load."""
-    try:
-        _gemm.set_backend("mkl")       # conftest puts the backend back afterwards
-    except RuntimeError as e:
-        _gemm.set_backend(None)
-        pytest.skip(f"mkl not installed ({e})")
-    monkeypatch.setattr(_gemm, "MIN_MACS", 0)
-    monkeypatch.setattr(_parallel, "blas_single_threaded", lambda: True)
+    use_mkl_products(monkeypatch)
     monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
 
 
