@@ -147,3 +147,56 @@ def test_an_interrupt_while_waiting_still_waits_for_the_workers(pool, monkeypatc
         pool.run(slow, [(0,), (1,), (2,)])
     assert sorted(finished) == [0, 1, 2]
     assert pool.run(lambda i: i * 2, [(0,), (1,), (2,)]) == [0, 2, 4]
+
+
+@pytest.fixture(params=["spinning end", "lock only"])
+def end_kind(request, monkeypatch):
+    """The pool's two ways to end a region: the caller spinning on the worker's flag (with
+    the compiled kernels), and the plain lock."""
+    from cnnkit.nn import _jit_spin
+    if request.param == "spinning end":
+        pytest.importorskip("numba")
+        if not _jit_spin.available():
+            pytest.skip("compiled kernels switched off here")
+    else:
+        monkeypatch.setattr(_jit_spin, "available", lambda: False)
+    return request.param
+
+
+def test_many_short_regions_each_wait_for_their_own_parts(end_kind):
+    # Regions far shorter than a thread's wake-up, back to back: each must return only once
+    # every part of *that* region has written its result (a flag left from the previous
+    # region must not end the next one early).
+    p = ThreadPool(1)
+    try:
+        rng = np.random.default_rng(0)
+        for region in range(300):
+            out = np.zeros(2, np.int64)
+            delay = [0.0, float(rng.choice([0.0, 0.0005]))]
+
+            def part(i):
+                if delay[i]:
+                    time.sleep(delay[i])
+                out[i] = region * 2 + i
+                return i
+
+            assert p.run(part, [(0,), (1,)]) == [0, 1]
+            assert out.tolist() == [region * 2, region * 2 + 1]
+    finally:
+        p.shutdown()
+
+
+def test_the_spin_waits_for_the_flag_and_gives_up_after_its_limit(monkeypatch):
+    pytest.importorskip("numba")
+    from cnnkit.nn import _jit_spin
+    if not _jit_spin.available():
+        pytest.skip("compiled kernels switched off here")
+    flag = _jit_spin.new_flag()
+    assert flag.ctypes.data % 64 == 0 and flag.dtype == np.int64
+    _jit_spin.publish(flag, 7)
+    assert flag[0] == 7 and _jit_spin.wait_for(flag, 7)
+    monkeypatch.setattr(_jit_spin, "MAX_SPIN_CYCLES", 1000)
+    assert not _jit_spin.wait_for(flag, 8)             # never published: gives up
+    monkeypatch.setattr(_jit_spin, "MAX_SPIN_CYCLES", 10 ** 12)
+    threading.Timer(0.02, _jit_spin.publish, (flag, 8)).start()
+    assert _jit_spin.wait_for(flag, 8)                 # published by another thread later
