@@ -200,3 +200,26 @@ def test_the_spin_waits_for_the_flag_and_gives_up_after_its_limit(monkeypatch):
     monkeypatch.setattr(_jit_spin, "MAX_SPIN_CYCLES", 10 ** 12)
     threading.Timer(0.02, _jit_spin.publish, (flag, 8)).start()
     assert _jit_spin.wait_for(flag, 8)                 # published by another thread later
+
+
+def test_the_spin_limits_without_a_cycle_counter(tmp_path):
+    # Other CPUs than x86-64 count spin iterations instead of reading the TSC: compiled
+    # that way (in a fresh process, with its own Numba cache), the loops still see a
+    # published flag and still give up after their limit.
+    pytest.importorskip("numba")
+    import os
+    import subprocess
+    import sys
+    code = (
+        "from cnnkit.nn import _jit_atomics as A\n"
+        "A._X86 = False\n"
+        "import numpy as np\n"
+        "f = np.zeros(1, np.int64)\n"
+        "A.publish(f, 3, 1000)\n"
+        "assert f[0] == 3 and A.wait_for(f, 3, 10 ** 6)\n"
+        "assert not A.wait_for(f, 4, 10 ** 6)\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

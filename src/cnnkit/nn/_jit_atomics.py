@@ -3,9 +3,9 @@ code, and the two spin loops of ``_jit_spin`` built from them. Imports Numba: im
 when the compiled kernels are on.
 
 x86-64 gets ``pause`` in its spin loops (it frees the core's resources for a sibling thread
-and avoids a pipeline flush on exit); other CPUs a plain loop. The cycle counter is LLVM's
-``readcyclecounter`` (the TSC on x86-64, the virtual counter on AArch64): the time limits
-are rough, which is all they need to be.
+and avoids a pipeline flush on exit) and reads the TSC for their time limits; other CPUs
+spin in a plain loop and count its iterations. The limits are rough, which is all they
+need to be.
 """
 
 from __future__ import annotations
@@ -20,14 +20,22 @@ from numba.extending import intrinsic
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
+#: Cycles one spin iteration is taken for where no cycle counter is read (not x86-64).
+CYCLES_PER_SPIN = 64
+
+
 @intrinsic
-def cycles(typingctx):
-    """A cycle count (int64), monotonic on one core."""
+def cycles(typingctx, spins):
+    """A cycle count (int64): the TSC on x86-64; elsewhere ``spins * CYCLES_PER_SPIN``, the
+    caller's count of its spin iterations (LLVM's ``readcyclecounter`` reads a register
+    that user code may not read on AArch64)."""
     def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
-                                            "llvm.readcyclecounter")
-        return builder.call(fn, [])
-    return types.int64(), codegen
+        if _X86:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
+                                                "llvm.readcyclecounter")
+            return builder.call(fn, [])
+        return builder.mul(args[0], ir.Constant(ir.IntType(64), CYCLES_PER_SPIN))
+    return types.int64(types.int64), codegen
 
 
 @intrinsic
@@ -65,17 +73,21 @@ def store(typingctx, flag, value):
 def publish(flag, value, hold_cycles):
     """Store ``value`` into ``flag``, then spin for ``hold_cycles`` (without the GIL)."""
     store(flag, value)
-    start = cycles()
-    while cycles() - start < hold_cycles:
+    start = cycles(0)
+    spins = 0
+    while cycles(spins) - start < hold_cycles:
         relax()
+        spins += 1
 
 
 @njit(nogil=True, cache=True)
 def wait_for(flag, value, max_cycles):
     """Spin until ``flag`` holds ``value`` (True) or ``max_cycles`` passed (False)."""
-    start = cycles()
+    start = cycles(0)
+    spins = 0
     while load(flag) != value:
-        if cycles() - start > max_cycles:
+        if cycles(spins) - start > max_cycles:
             return False
         relax()
+        spins += 1
     return True
