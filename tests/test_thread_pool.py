@@ -223,3 +223,20 @@ def test_the_spin_limits_without_a_cycle_counter(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_pool_with_more_threads_than_cpus_never_spins(monkeypatch):
+    # The spinning caller would hold a CPU its own worker may need.
+    pytest.importorskip("numba")
+    from cnnkit.nn import _jit_spin, _thread_pool
+    waits = []
+    monkeypatch.setattr(_jit_spin, "wait_for", lambda *a: waits.append(a) or True)
+    monkeypatch.setattr(_thread_pool, "_usable_cpus", lambda: 2)
+    for workers, spins in ((1, True), (2, False)):
+        p = ThreadPool(workers)
+        try:
+            waits.clear()
+            assert p.run(lambda i: i, [(i,) for i in range(workers + 1)]) == list(range(workers + 1))
+            assert bool(waits) == (spins and _jit_spin.available())
+        finally:
+            p.shutdown()

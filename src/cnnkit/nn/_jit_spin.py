@@ -7,7 +7,8 @@ measure on), waking it takes 40-60 us once the worker releases the lock. LeNet's
 step has six regions of 0.2-0.6 ms, and the caller slept through the end of nearly every
 one. Here the caller spins (with the CPU's pause hint) on a flag the worker stores, as
 OpenMP's threads spin before they block, for at most ``MAX_SPIN_CYCLES``; then it takes
-the lock, which the worker released before it stored the flag.
+the lock, which the worker released before it stored the flag. A pool with more threads
+than the CPUs the process may use never spins (the worker may need the caller's CPU).
 
 The GIL: the worker stores the flag from a compiled function, hence without the GIL, and
 keeps spinning for ``HOLD_CYCLES`` before it returns to Python and asks for the GIL back.
@@ -25,9 +26,10 @@ import numpy as np
 
 from . import _jit
 
-#: Longest caller spin before it falls back to the lock (~1-5 ms: regions that end later
-#: than that are long enough for the lock's wake-up not to matter).
-MAX_SPIN_CYCLES = 10_000_000
+#: Longest caller spin before it falls back to the lock (~1-3 ms at 1-3 GHz). A worker that
+#: ends later than that had a long part, and the lock's wake-up no longer matters. Shorter
+#: cost LeNet's training 3 % (0.6 M cycles, ~0.23 ms here: some of its workers end later).
+MAX_SPIN_CYCLES = 3_000_000
 #: How long the worker stays away from the GIL after it stored the flag (a few us).
 HOLD_CYCLES = 20_000
 

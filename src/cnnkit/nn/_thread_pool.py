@@ -19,6 +19,7 @@ caller woke 40-60 us after the worker had finished).
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Callable, Sequence
 
@@ -71,6 +72,14 @@ def _wait(done: threading.Lock) -> BaseException | None:
             interrupted = interrupted or exc
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):     # not Linux
+        return os.cpu_count() or 1
+
+
 class ThreadPool:
     """``workers`` threads that, with the caller's own, run one part of a region each.
 
@@ -84,6 +93,8 @@ class ThreadPool:
         self._region = threading.Lock()
         self._regions = 0
         self.size = workers + 1
+        # The spinning end only where every thread can have a CPU of its own.
+        self._may_spin = self.size <= _usable_cpus()
 
     def run(self, fn: Callable, parts: Sequence[tuple]) -> list:
         """``[fn(*parts[0]), fn(*parts[1]), ...]``: part 0 on the calling thread, the others
@@ -98,7 +109,7 @@ class ThreadPool:
         with self._region:
             busy = self._workers[:len(parts) - 1]
             self._regions += 1
-            region = self._regions if busy and _jit_spin.available() else None
+            region = self._regions if busy and self._may_spin and _jit_spin.available() else None
             for worker, args in zip(busy, parts[1:]):
                 worker.call = (fn, args, region)
                 worker.go.release()
