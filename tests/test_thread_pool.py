@@ -231,7 +231,7 @@ def test_a_pool_with_more_threads_than_cpus_never_spins(monkeypatch):
     from cnnkit.nn import _jit_spin, _thread_pool
     waits = []
     monkeypatch.setattr(_jit_spin, "wait_for", lambda *a: waits.append(a) or True)
-    monkeypatch.setattr(_thread_pool, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(_thread_pool, "usable_cpus", lambda: 2)
     for workers, spins in ((1, True), (2, False)):
         p = ThreadPool(workers)
         try:

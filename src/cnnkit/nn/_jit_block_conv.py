@@ -120,10 +120,11 @@ def _weight_grad_part(x, g, cols, acc, product, n0, n1, chunk, ho, blocks, pad_t
 
 
 def _kernel(name: str):
+    """The compiled part ``name`` ("conv" or "weight_grad"), built on first use."""
+    global _block_columns, _bias_clip
     compiled = _compiled.get(name)
     if compiled is None:
         with _lock:
-            global _block_columns, _bias_clip
             _block_columns = block_columns.dispatcher()
             _bias_clip = _jit_epilogue.bias_clip.dispatcher()
             compiled = _compiled.get(name)

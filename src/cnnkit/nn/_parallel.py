@@ -36,7 +36,7 @@ import numpy as np
 # _gemm imports this module too: it asks ``blas_single_threaded`` at call time only.
 from . import _gemm, _recycle
 from ._buffers import batch_chunks
-from ._thread_pool import ThreadPool
+from ._thread_pool import ThreadPool, usable_cpus
 
 #: Below this many bytes of work a layer runs serially (an empty region costs 65-90 us here:
 #: waking the other core).
@@ -105,10 +105,7 @@ def threads_status() -> tuple[int, str]:
         if n < 1:
             raise ValueError(f"CNNKIT_NUM_THREADS: expected a positive integer, found {env!r}")
         return n, "CNNKIT_NUM_THREADS"
-    try:
-        return max(1, len(os.sched_getaffinity(0))), "the CPUs this process may use"
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1), "the CPU count"
+    return usable_cpus(), "the CPUs this process may use"
 
 
 def get_num_threads() -> int:

@@ -72,12 +72,12 @@ def _wait(done: threading.Lock) -> BaseException | None:
             interrupted = interrupted or exc
 
 
-def _usable_cpus() -> int:
-    """The CPUs this process may run on."""
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity; the CPU count where that is unknown)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):     # not Linux
-        return os.cpu_count() or 1
+        return max(1, os.cpu_count() or 1)
 
 
 class ThreadPool:
@@ -94,7 +94,7 @@ class ThreadPool:
         self._regions = 0
         self.size = workers + 1
         # The spinning end only where every thread can have a CPU of its own.
-        self._may_spin = self.size <= _usable_cpus()
+        self._may_spin = self.size <= usable_cpus()
 
     def run(self, fn: Callable, parts: Sequence[tuple]) -> list:
         """``[fn(*parts[0]), fn(*parts[1]), ...]``: part 0 on the calling thread, the others
